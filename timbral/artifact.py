@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,11 @@ def save_artifact(directory: str | os.PathLike[str], arrays: dict[str, np.ndarra
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     for name, arr in arrays.items():
-        if np.asarray(arr).dtype == object:
+        if np.asarray(arr).dtype.hasobject:  # also structured dtypes with an object field
             raise ArtifactError(f"array '{name}' has dtype object; artifacts hold plain numeric or string arrays only")
     np.savez(out / ARRAYS_FILE, **arrays)
-    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata}
+    # the format keys come last: metadata carried over from a loaded artifact must not relabel this file
+    meta = {**metadata, "format": FORMAT_NAME, "format_version": FORMAT_VERSION}
     (out / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
     checksums = {name: sha256_file(out / name) for name in (ARRAYS_FILE, METADATA_FILE)}
     (out / CHECKSUMS_FILE).write_text(json.dumps(checksums, indent=2, sort_keys=True))
@@ -78,10 +80,18 @@ def load_artifact(directory: str | os.PathLike[str]) -> tuple[dict[str, np.ndarr
     """Verify then load an artifact: ``(arrays, metadata)``. Never unpickles."""
     root = Path(directory)
     verify_artifact(root)
-    metadata = json.loads((root / METADATA_FILE).read_text())
+    try:
+        metadata = json.loads((root / METADATA_FILE).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{root / METADATA_FILE}: not valid JSON ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise ArtifactError(f"{root / METADATA_FILE}: expected a JSON object, got {type(metadata).__name__}")
     if metadata.get("format") != FORMAT_NAME:
         raise ArtifactError(f"{root / METADATA_FILE}: format is {metadata.get('format')!r}, expected {FORMAT_NAME!r}")
-    if int(metadata.get("format_version", -1)) > FORMAT_VERSION:
+    version = metadata.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ArtifactError(f"{root / METADATA_FILE}: format_version {version!r} is not an integer")
+    if version > FORMAT_VERSION:
         raise ArtifactError(
             f"{root}: artifact format version {metadata.get('format_version')} is newer than this code "
             f"understands ({FORMAT_VERSION}); upgrade timbral"
@@ -91,6 +101,8 @@ def load_artifact(directory: str | os.PathLike[str]) -> tuple[dict[str, np.ndarr
             arrays = {name: data[name] for name in data.files}
     except ValueError as exc:  # object arrays need pickle, which we refuse
         raise ArtifactError(f"{root / ARRAYS_FILE}: refused to load ({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ArtifactError(f"{root / ARRAYS_FILE}: unreadable ({exc})") from None
     return arrays, metadata
 
 

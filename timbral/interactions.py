@@ -41,18 +41,25 @@ class IdMap:
         return np.fromiter((lookup.get(canonical_id(k), -1) for k in keys), dtype=np.int64)
 
     def external(self, index: int):
-        """The id of ``index`` in the type the training data used."""
+        """The id of ``index`` in the type the training data used. Negative indices (-1 means "unknown" or
+        padding everywhere in timbral) raise IndexError instead of wrapping around to the last id."""
+        index = int(index)
+        if not 0 <= index < self.ids.size:
+            raise IndexError(f"index {index} out of range 0..{self.ids.size - 1}")
         value = self.ids[index]
         return int(value) if self.kind == "int" else str(value)
 
     def externals(self, indices) -> list:
-        values = self.ids[np.asarray(indices, dtype=np.int64)].tolist()
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.ids.size):
+            raise IndexError(f"index out of range 0..{self.ids.size - 1} (drop -1 padding before mapping to ids)")
+        values = self.ids[indices].tolist()
         return [int(v) for v in values] if self.kind == "int" else values
 
 
 def canonical_id(value: object) -> str:
     """The canonical string form of an id: integers (and integral floats) as digits, strings stripped."""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):  # np.bool_ is not a bool subclass
         raise InteractionError(f"id {value!r} is a boolean; ids are strings or integers")
     if isinstance(value, (int, np.integer)):
         return str(int(value))
@@ -63,6 +70,37 @@ def canonical_id(value: object) -> str:
     return str(value).strip()
 
 
+def canonical_ids(values, what: str = "ids") -> np.ndarray:
+    """``canonical_id`` over an array, vectorised for numeric arrays: integral floats become digits, booleans,
+    fractional and non-finite floats are refused, strings are stripped."""
+    arr = np.asarray(values).ravel()
+    kind = arr.dtype.kind
+    if kind == "b":
+        raise InteractionError(f"{what} are booleans; ids are strings or integers")
+    if kind in "iu":
+        return arr.astype(str)
+    if kind == "f":
+        bad = ~np.isfinite(arr)
+        bad[~bad] = arr[~bad] != np.floor(arr[~bad])
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InteractionError(f"{what} row {row}: id {arr[row].item()!r} is not an integer or a string")
+        if arr.size == 0 or np.abs(arr).max() < 2.0**62:
+            return arr.astype(np.int64).astype(str)
+    elif kind == "U":
+        return np.char.strip(arr)
+    values = arr.tolist()
+    if kind == "O" and set(map(type, values)) <= {str, np.str_}:  # e.g. a pandas column of strings: no loop
+        return np.char.strip(arr.astype(str))
+    out = np.empty(arr.shape, dtype=object)
+    for row, value in enumerate(values):
+        try:
+            out[row] = canonical_id(value)
+        except InteractionError as exc:
+            raise InteractionError(f"{what} row {row}: {exc}") from None
+    return out.astype(str)
+
+
 def id_kind(ids: np.ndarray) -> str:
     """``"int"`` when every canonical id is a plain integer literal (no leading zeros), else ``"str"``."""
     ids = np.asarray(ids).astype(str)
@@ -70,7 +108,8 @@ def id_kind(ids: np.ndarray) -> str:
         return "str"
     for v in ids.tolist():
         body = v[1:] if v.startswith("-") else v
-        if not body.isdigit() or (len(body) > 1 and body[0] == "0"):
+        # str.isdigit() also accepts e.g. "²" and Arabic-Indic digits; int() of those fails or changes the text
+        if not (body.isascii() and body.isdigit()) or str(int(v)) != v:
             return "str"
     return "int"
 
@@ -107,14 +146,14 @@ class Interactions:
         min_user_interactions: int = 1,
         min_item_interactions: int = 1,
     ) -> Interactions:
-        """Build from parallel arrays of canonical string ids (see ``canonical_id``), values ≥ 0 and times.
+        """Build from parallel arrays of ids (canonicalised here, see ``canonical_id``), values ≥ 0 and times.
 
         Values default to 1. Rows are assumed validated (``training.validate`` names file, row and column);
         here only invariants are re-checked. Users/items with fewer distinct interactions than the minimums
         are dropped, repeatedly, until both minimums hold.
         """
-        users = np.asarray(users).astype(str)
-        items = np.asarray(items).astype(str)
+        users = canonical_ids(users, "users")
+        items = canonical_ids(items, "items")
         n = users.size
         if items.size != n:
             raise InteractionError(f"users and items differ in length ({n} vs {items.size})")
@@ -124,7 +163,13 @@ class Interactions:
         if n and (not np.all(np.isfinite(vals)) or vals.min() < 0):
             bad = int(np.flatnonzero(~np.isfinite(vals) | (vals < 0))[0])
             raise InteractionError(f"row {bad}: value {vals[bad]!r} is not a finite number >= 0")
-        times = None if timestamps is None else np.asarray(timestamps, dtype=np.float64)
+        times = None if timestamps is None else np.asarray(timestamps, dtype=np.float64).ravel()
+        if times is not None:
+            if times.size != n:
+                raise InteractionError(f"timestamps differ in length from ids ({times.size} vs {n})")
+            if n and not np.all(np.isfinite(times)):
+                bad = int(np.flatnonzero(~np.isfinite(times))[0])
+                raise InteractionError(f"row {bad}: timestamp {times[bad]!r} is not a finite number")
 
         user_ids, u_idx = np.unique(users, return_inverse=True)
         item_ids, i_idx = np.unique(items, return_inverse=True)

@@ -33,6 +33,8 @@ def _hits(recommended: np.ndarray, relevant: Sequence, k: int) -> tuple[np.ndarr
     hits = np.zeros(top.shape, dtype=bool)
     n_rel = np.zeros(rec.shape[0], dtype=np.int64)
     for r, rel in enumerate(relevant):
+        if isinstance(rel, (set, frozenset)):  # the docstring's "relevant sets": np.asarray cannot take a set
+            rel = list(rel)
         rel = np.unique(np.asarray(rel, dtype=np.int64))
         n_rel[r] = rel.size
         if rel.size:
@@ -79,9 +81,14 @@ def map_at_k(recommended, relevant, k: int) -> float:
 
 
 def catalog_coverage_at_k(recommended, n_items: int, k: int) -> float:
-    rec = np.asarray(recommended)[:, :k]
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
     if n_items < 1:
         raise ValueError("n_items must be >= 1")
+    rec = np.asarray(recommended)
+    if rec.ndim != 2:
+        raise ValueError(f"recommended must be 2-D (users x ranks), got shape {rec.shape}")
+    rec = rec[:, :k]
     distinct = np.unique(rec[rec >= 0])
     return float(distinct.size / n_items)
 

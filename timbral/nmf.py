@@ -37,7 +37,7 @@ ProgressFn = Callable[[int, int, float], None]  # (iterations done, max_iter, re
 class NMFParams:
     """The knobs that matter. Defaults were chosen from measured ranking quality (see README)."""
 
-    n_components: int = 64
+    n_components: int = 32
     weighting: str = "bm25"
     init: str = "nndsvda"
     solver: str = "cd"
@@ -108,14 +108,19 @@ class NMFRecommender:
         self.metadata: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, data: Interactions, progress: ProgressFn | None = None, checkpoints: int = 20) -> NMFRecommender:
-        """Fit on ``data``. ``progress`` is called after each of about ``checkpoints`` chunks of iterations."""
+    def fit(self, data: Interactions, progress: ProgressFn | None = None, checkpoint_every: int = 10) -> NMFRecommender:
+        """Fit on ``data``, ``checkpoint_every`` iterations at a time (scikit-learn resumed from the last W, H).
+
+        After each checkpoint the reconstruction error is recorded (the convergence curve) and ``progress`` is
+        called. Fitting stops at ``max_iter``, when scikit-learn converges within a chunk, or when the error
+        improved by less than ``tol`` (relative) over the last checkpoint.
+        """
         p = self.params
         started = time.perf_counter()
         weighting = Weighting(p.weighting).fit(data.matrix)
         X = weighting.transform(data.matrix)
         k = min(int(p.n_components), min(X.shape))
-        chunk = max(1, int(p.max_iter) // max(1, checkpoints))
+        chunk = max(1, int(checkpoint_every))
         report = FitReport()
         W = H = None
         done = 0
@@ -139,6 +144,11 @@ class NMFRecommender:
                 W = model.fit_transform(X, W=W, H=H) if W is not None else model.fit_transform(X)
             H = model.components_
             done += int(model.n_iter_)
+            if not W.any() or not H.any():
+                raise ValueError(
+                    f"regularisation drove every {'user' if not W.any() else 'item'} factor to zero "
+                    f"(alpha_W={p.alpha_W}, alpha_H={p.alpha_H}, l1_ratio={p.l1_ratio}); lower alpha_W/alpha_H"
+                )
             err = float(model.reconstruction_err_)
             report.convergence.append((done, err))
             if progress is not None:
@@ -271,6 +281,8 @@ class NMFRecommender:
         )
         X.sum_duplicates()
         Xw = self.weighting.transform(X)
+        if self.params.beta_loss != "frobenius":
+            return self._fold_in_multiplicative(Xw)
         A, L = self._nnls_system()
         targets = (Xw @ self.item_factors).astype(np.float64) - self._l1_penalty()
         out = np.zeros((b, self.item_factors.shape[1]), dtype=np.float32)
@@ -279,6 +291,30 @@ class NMFRecommender:
                 continue
             y = scipy.linalg.solve_triangular(L, targets[r], lower=True)
             out[r] = scipy.optimize.nnls(A, y)[0]
+        return out
+
+    def _fold_in_multiplicative(self, Xw: sp.csr_matrix, max_iter: int = 2000, tol: float = 1e-7) -> np.ndarray:
+        """Fold-in for a Kullback-Leibler model: the multiplicative updates of the fit, item factors fixed."""
+        p = self.params
+        Ht = self.item_factors.astype(np.float64)  # items x k
+        col_sums = Ht.sum(axis=0)
+        l1 = self._l1_penalty()
+        l2 = float(p.alpha_W) * (1.0 - float(p.l1_ratio)) * self.n_items
+        out = np.zeros((Xw.shape[0], Ht.shape[1]), dtype=np.float32)
+        for r in range(Xw.shape[0]):
+            lo, hi = Xw.indptr[r], Xw.indptr[r + 1]
+            if lo == hi:
+                continue
+            sub, x = Ht[Xw.indices[lo:hi]], Xw.data[lo:hi].astype(np.float64)
+            w = np.full(Ht.shape[1], max(x.mean() / max(col_sums.mean(), 1e-12), 1e-6))
+            for _ in range(max_iter):
+                wh = np.maximum(sub @ w, 1e-12)
+                new = w * (sub.T @ (x / wh)) / np.maximum(col_sums + l1 + l2 * w, 1e-12)
+                done = np.abs(new - w).max() <= tol * max(np.abs(w).max(), 1e-12)
+                w = new
+                if done:
+                    break
+            out[r] = w
         return out
 
     def _l1_penalty(self) -> float:
@@ -296,6 +332,33 @@ class NMFRecommender:
             self._gram = (L.T.copy(), L)
         return self._gram
 
+    def recommend_ids(self, user_ids: Sequence[object], n: int = 10, *, exclude_seen: bool = True) -> list[dict[str, Any]]:
+        """Id-level answers in input order: known users get their top ``n`` (strategy "personalized"), unknown
+        users the popularity fallback (strategy "popular"). Each answer: ``item_ids``, ``scores``, ``strategy``.
+        """
+        idx = self.users.indices(user_ids)
+        # a known user whose factors are all zero has no usable signal: same fallback as an unknown one
+        usable = idx >= 0
+        usable[usable] = self.user_factors[idx[usable]].any(axis=1)
+        known = np.flatnonzero(usable)
+        unknown = np.flatnonzero(~usable)
+        answers: list[dict[str, Any]] = [{}] * len(idx)
+        if known.size:
+            items, scores = self.recommend(idx[known], n, exclude_seen=exclude_seen)
+            for pos, row_items, row_scores in zip(known, items, scores, strict=True):
+                answers[pos] = self._answer(row_items, row_scores, "personalized")
+        if unknown.size:
+            items, scores = self.recommend_popular(1, n)
+            answer = self._answer(items[0], scores[0], "popular")
+            for pos in unknown:
+                answers[pos] = {key: list(v) if isinstance(v, list) else v for key, v in answer.items()}
+        return answers
+
+    def _answer(self, items: np.ndarray, scores: np.ndarray, strategy: str) -> dict[str, Any]:
+        keep = items >= 0
+        return {"item_ids": self.items.externals(items[keep]), "scores": scores[keep].astype(float).tolist(),
+                "strategy": strategy}
+
     # ------------------------------------------------------------------ helpers
     def _select(self, scores, n, seen, exclude, include) -> tuple[np.ndarray, np.ndarray]:
         b = scores.shape[0]
@@ -310,6 +373,7 @@ class NMFRecommender:
                 if allowed is None:
                     continue
                 allowed = np.asarray(allowed, dtype=np.int64)
+                allowed = allowed[(allowed >= 0) & (allowed < scores.shape[1])]  # -1 = unknown item
                 keep = scores[r, allowed].copy()
                 scores[r] = -np.inf
                 scores[r, allowed] = keep
@@ -384,4 +448,5 @@ def _mask(scores: np.ndarray, lists: Sequence[Sequence[int]], value: float) -> N
         return
     rows = np.repeat(np.arange(len(lists)), lengths)
     cols = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists if len(x)])
-    scores[rows, cols] = value
+    ok = (cols >= 0) & (cols < scores.shape[1])  # -1 marks an unknown item: nothing to mask
+    scores[rows[ok], cols[ok]] = value

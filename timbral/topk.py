@@ -20,6 +20,7 @@ def topk(scores: np.ndarray, k: int, *, oversample: float = 4.0, sample_size: in
 
     ``scores`` is 2-D (batch × items). Entries equal to ``-inf`` are never returned: rows with fewer than
     ``k`` finite entries are padded with index ``-1`` and value ``-inf``. Ties are broken by lower index.
+    NaN is treated like ``-inf`` (never returned).
     """
     scores = np.asarray(scores)
     if scores.ndim != 2:
@@ -60,26 +61,28 @@ def _sampled_thresholds(scores: np.ndarray, k: int, oversample: float, sample_si
 
 
 def _select_row(row: np.ndarray, cand: np.ndarray | None, k: int, idx_out: np.ndarray, val_out: np.ndarray) -> None:
-    if cand is None:
-        values = row
-        if k < row.size:
-            top = np.argpartition(-row, k - 1)[:k]
-        else:
-            top = np.arange(row.size)
+    values = row if cand is None else row[cand]
+    if values.dtype.kind == "f" and np.isnan(values).any():
+        values = np.where(np.isnan(values), -np.inf, values)  # NaN ranks last and is never returned
+    m = values.size
+    if k < m:
+        # The k-th largest value; everything above it is in, and of the entries equal to it only the lowest
+        # indices (argpartition alone would pick an arbitrary subset of a tie straddling position k).
+        # No negation, so unsigned integer scores work too.
+        kth = np.partition(values, m - k)[m - k]
+        above = np.flatnonzero(values > kth)
+        local = np.concatenate([above, np.flatnonzero(values == kth)[: k - above.size]])
     else:
-        values = row[cand]
-        if k < cand.size:
-            local = np.argpartition(-values, k - 1)[:k]
-        else:
-            local = np.arange(cand.size)
-        top = cand[local]
-    top_vals = row[top]
-    # best first; ties by lower index (lexsort's last key is the primary one)
-    order = np.lexsort((top, -top_vals))
+        local = np.arange(m)
+    top = local if cand is None else cand[local]
+    top_vals = values[local]
+    # best first, ties by lower index: a stable ascending sort by value of the entries taken in descending index
+    # order, then reversed (no negation, which would wrap unsigned integers)
+    by_index_desc = np.argsort(top)[::-1]
+    order = by_index_desc[np.argsort(top_vals[by_index_desc], kind="stable")][::-1]
     top = top[order]
     top_vals = top_vals[order]
     finite = top_vals > -np.inf
     n = int(finite.sum())
     idx_out[:n] = top[finite]
     val_out[:n] = top_vals[finite]
-    del values

@@ -28,6 +28,10 @@ class Weighting:
 
     def fit(self, matrix: sp.csr_matrix) -> Weighting:
         if self.scheme == "bm25":
+            # document frequencies come from CSR column indices: a CSC matrix's ``indices`` are rows, and
+            # duplicate entries would count a user twice
+            matrix = sp.csr_matrix(matrix, copy=True)
+            matrix.sum_duplicates()
             n_users = matrix.shape[0]
             df = np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float64)
             self.idf = np.log(n_users / (1.0 + df)).clip(min=0.0).astype(np.float32) + np.float32(1e-3)

@@ -169,7 +169,13 @@ class LocalStack:
             with _env(LOCAL_AWS):
                 create_bucket(self.s3_endpoint, self.bucket)
             self.mlflow_port = self.mlflow_port or free_port()
-            backend = self.backend_store_uri or f"sqlite:///{(self.workdir / 'mlflow.db').resolve()}"
+            backend = self.backend_store_uri
+            if backend is None:
+                # moto keeps S3 in memory, so a registry left from an earlier stack would point at artifacts
+                # that no longer exist: the default sqlite registry always starts fresh with the bucket
+                db = (self.workdir / "mlflow.db").resolve()
+                db.unlink(missing_ok=True)
+                backend = f"sqlite:///{db}"
             self._procs.append(
                 start_mlflow(self.mlflow_port, backend, self.artifacts_destination, self.s3_endpoint, self.workdir / "mlflow.log")
             )

@@ -1,0 +1,123 @@
+"""``make bench-train``: fit time and peak memory by data size, and quality against popularity and ALS.
+
+Each size is fitted in its own subprocess so its peak resident memory is its own. Quality rows share one split
+of one generated data set. Figures and ratios only — nothing here passes or fails on absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SIZES = (250_000, 1_000_000, 4_000_000)
+USERS_PER_INTERACTION = 1 / 50  # 50 listens per user on average; the catalog stays at 50k tracks
+N_ITEMS = 50_000
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _data(n_interactions: int, seed: int = 7):
+    from timbral.interactions import Interactions
+    from training.generate import generate_listens
+
+    frames = list(generate_listens(max(10, int(n_interactions * USERS_PER_INTERACTION)), N_ITEMS, n_interactions, seed))
+    import pandas as pd
+
+    f = pd.concat(frames, ignore_index=True)
+    return Interactions.from_arrays(f["user_id"].astype(str).to_numpy(), f["item_id"].astype(str).to_numpy(),
+                                    f["value"].to_numpy(), f["timestamp"].to_numpy())
+
+
+def child_fit(n_interactions: int) -> dict:
+    from timbral.nmf import NMFRecommender
+
+    data = _data(n_interactions)
+    before = _rss_mb()
+    started = time.perf_counter()
+    model = NMFRecommender(n_components=64).fit(data)  # timing rows at 64 components, as specified
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"interactions": n_interactions, "nnz": data.nnz, "users": data.n_users, "items": data.n_items,
+            "fit_seconds": seconds, "iterations": model.report.n_iter, "rss_before_fit_mb": before, "peak_rss_mb": peak}
+
+
+def quality(n_interactions: int, ks=(10,)) -> list[dict]:
+    import implicit
+    import scipy.sparse as sp
+
+    from timbral.metrics import ndcg_at_k
+    from timbral.nmf import NMFRecommender
+    from timbral.weighting import Weighting
+    from training.evaluate import evaluate
+    from training.split import split_per_user
+
+    data = _data(n_interactions)
+    split = split_per_user(data, 0.2, 42)
+    rows = []
+    started = time.perf_counter()
+    nmf = NMFRecommender().fit(split.train)
+    nmf_seconds = time.perf_counter() - started
+    result = evaluate(nmf, split, ks, max_users=None)
+    rows.append({"model": "NMF (defaults)", "ndcg_at_10": result.model["ndcg_at_10"], "fit_seconds": nmf_seconds})
+    rows.append({"model": "popularity", "ndcg_at_10": result.baseline["baseline_ndcg_at_10"], "fit_seconds": 0.0})
+    users = split.test_users
+    relevant = split.relevant(users)
+    for label, scheme in (("implicit ALS, bm25 weights", "bm25"), ("implicit ALS, raw counts", "raw")):
+        weighted = Weighting(scheme).fit(split.train.matrix).transform(split.train.matrix)
+        als = implicit.cpu.als.AlternatingLeastSquares(factors=64, iterations=15, random_state=0)
+        started = time.perf_counter()
+        als.fit(sp.csr_matrix(weighted), show_progress=False)
+        seconds = time.perf_counter() - started
+        recs = np.vstack([als.recommend(users[i:i + 1024], weighted[users[i:i + 1024]], N=10)[0]
+                          for i in range(0, users.size, 1024)])
+        rows.append({"model": label, "ndcg_at_10": ndcg_at_k(recs, relevant, 10), "fit_seconds": seconds})
+    for row in rows:
+        row["implicit_version"] = implicit.__version__
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--child-fit", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    ap.add_argument("--quality-size", type=int, default=1_000_000)
+    args = ap.parse_args(argv)
+    if args.child_fit:
+        print(json.dumps(child_fit(args.child_fit)))
+        return
+    threads = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+    print(f"# bench-train — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, OPENBLAS_NUM_THREADS={threads}")
+    print("\n## Fit time and peak memory (NMF defaults but 64 components)\n")
+    print("| interactions | users × items (nnz) | fit s | iterations | peak RSS MB | fit-time ratio to previous |")
+    print("|---:|---|---:|---:|---:|---:|")
+    prev = prev_size = None
+    for size in (int(s) for s in args.sizes.split(",")):
+        out = subprocess.run([sys.executable, "-m", "training.bench", "--child-fit", str(size)],
+                             capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        ratio = f"{r['fit_seconds'] / prev:.2f}× (size ×{size / prev_size:.0f})" if prev else "-"
+        print(f"| {size:,} | {r['users']:,} × {r['items']:,} ({r['nnz']:,}) | {r['fit_seconds']:.1f} | "
+              f"{r['iterations']} | {r['peak_rss_mb']:.0f} | {ratio} |", flush=True)
+        prev, prev_size = r["fit_seconds"], size
+    print(f"\n## Quality on one temporal split ({args.quality_size:,} generated interactions, all test users)\n")
+    print("| model | nDCG@10 | fit s | vs popularity |")
+    print("|---|---:|---:|---:|")
+    rows = quality(args.quality_size)
+    pop = next(r["ndcg_at_10"] for r in rows if r["model"] == "popularity")
+    for r in rows:
+        print(f"| {r['model']} | {r['ndcg_at_10']:.4f} | {r['fit_seconds']:.1f} | {r['ndcg_at_10'] / pop:.2f}× |")
+    print(f"\nimplicit {rows[0]['implicit_version']}; ALS at 64 factors, 15 iterations, default regularisation.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The MLflow Model Registry side: promotion gate, promote, rollback. Aliases only (stages are deprecated).
+
+The registered model keeps the champion history in its tag ``champion_history`` (a JSON list of versions, oldest
+first); ``rollback`` moves ``champion`` back to the entry before the current one and drops the current one from
+the history. Each version carries tags with its headline metrics, so the gate compares without reading runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+HISTORY_TAG = "champion_history"
+PROMOTE_MODES = ("auto", "always", "never")
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done (unknown model/version, no previous champion, …)."""
+
+
+@dataclass
+class GateDecision:
+    alias: str  # "champion" or "challenger"
+    reason: str
+    champion_version: str | None
+    champion_value: float | None
+    new_value: float | None
+
+
+def metric_tag(metric: str) -> str:
+    return f"metric.{metric}"
+
+
+def current_champion(client: MlflowClient, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def version_metric(client: MlflowClient, version, metric: str) -> float | None:
+    tag = (version.tags or {}).get(metric_tag(metric))
+    if tag is not None:
+        return float(tag)
+    if version.run_id:
+        value = client.get_run(version.run_id).data.metrics.get(metric)
+        return None if value is None else float(value)
+    return None
+
+
+def decide(client: MlflowClient, name: str, version: str, metric: str = "ndcg_at_10", margin: float = 0.0,
+           mode: str = "auto") -> GateDecision:
+    """Champion if ``mode`` is always, or (auto) if the new value ≥ the champion's + ``margin``."""
+    if mode not in PROMOTE_MODES:
+        raise RegistryError(f"promote mode must be one of {', '.join(PROMOTE_MODES)}; got {mode!r}")
+    new = client.get_model_version(name, version)
+    new_value = version_metric(client, new, metric)
+    champ = current_champion(client, name)
+    champ_value = version_metric(client, champ, metric) if champ is not None else None
+    champ_version = champ.version if champ is not None else None
+    if mode == "always":
+        return GateDecision(CHAMPION, "promotion forced (--promote always)", champ_version, champ_value, new_value)
+    if mode == "never":
+        return GateDecision(CHALLENGER, "promotion disabled (--promote never)", champ_version, champ_value, new_value)
+    if champ is None:
+        return GateDecision(CHAMPION, "no champion yet", None, None, new_value)
+    if new_value is None:
+        return GateDecision(CHALLENGER, f"version {version} has no {metric}", champ_version, champ_value, None)
+    if champ_value is None or new_value >= champ_value + margin:
+        return GateDecision(
+            CHAMPION,
+            f"{metric} {new_value:.4f} >= champion v{champ_version}'s {champ_value if champ_value is not None else float('nan'):.4f}"
+            f" + margin {margin:g}",
+            champ_version, champ_value, new_value,
+        )
+    return GateDecision(
+        CHALLENGER,
+        f"{metric} {new_value:.4f} < champion v{champ_version}'s {champ_value:.4f} + margin {margin:g}",
+        champ_version, champ_value, new_value,
+    )
+
+
+def champion_history(client: MlflowClient, name: str) -> list[str]:
+    tags = client.get_registered_model(name).tags or {}
+    try:
+        return [str(v) for v in json.loads(tags.get(HISTORY_TAG, "[]"))]
+    except ValueError:
+        return []
+
+
+def _check_version(client: MlflowClient, name: str, version: str):
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise RegistryError(f"model '{name}' has no version {version} ({exc.error_code})") from None
+
+
+def promote(client: MlflowClient, name: str, version: str) -> str | None:
+    """Point ``champion`` at ``version``; return the previous champion's version (or None)."""
+    _check_version(client, name, version)
+    previous = current_champion(client, name)
+    history = champion_history(client, name)
+    if previous is not None and (not history or history[-1] != previous.version):
+        history.append(previous.version)  # a champion set outside this tool: keep it rollback-able
+    if not history or history[-1] != str(version):
+        history.append(str(version))
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    try:
+        challenger = client.get_model_version_by_alias(name, CHALLENGER)
+        if challenger.version == str(version):
+            client.delete_registered_model_alias(name, CHALLENGER)
+    except MlflowException:
+        pass
+    return previous.version if previous is not None else None
+
+
+def mark_challenger(client: MlflowClient, name: str, version: str) -> None:
+    _check_version(client, name, version)
+    client.set_registered_model_alias(name, CHALLENGER, str(version))
+
+
+def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
+    """Move ``champion`` back to the previous champion: returns ``(from_version, to_version)``."""
+    champ = current_champion(client, name)
+    if champ is None:
+        raise RegistryError(f"model '{name}' has no champion to roll back")
+    history = champion_history(client, name)
+    while history and history[-1] != champ.version:
+        history.pop()  # entries after the current champion are stale
+    if len(history) < 2:
+        raise RegistryError(f"model '{name}': champion v{champ.version} has no previous champion to roll back to")
+    history.pop()
+    target = history[-1]
+    _check_version(client, name, target)
+    client.set_registered_model_alias(name, CHAMPION, target)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    return champ.version, target

@@ -1,0 +1,85 @@
+"""Everything a training run logs to MLflow: params, metrics, dataset, tags, plots and the pyfunc model."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+
+import timbral
+from timbral.nmf import NMFRecommender
+from training import plots
+from training.pyfunc_model import ARTIFACT_KEY
+
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+CORE_PACKAGE = Path(timbral.__file__).parent
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def log_model_params(model: NMFRecommender) -> None:
+    mlflow.log_params({f"nmf_{k}": v for k, v in asdict(model.params).items()})
+
+
+def log_dataset(frame: pd.DataFrame, source: str, name: str) -> str:
+    """Log the cleaned interactions as the run's training input; return the dataset digest."""
+    try:
+        dataset = mlflow.data.from_pandas(frame, source=source, name=name)
+    except Exception:  # noqa: BLE001 - an unrecognised source URI must not fail the run
+        dataset = mlflow.data.from_pandas(frame, name=name)
+    mlflow.log_input(dataset, context="training")
+    return dataset.digest
+
+
+def log_plots(model_metrics: dict, baseline: dict, ks, popularity: np.ndarray, history) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        plots.quality_vs_k(model_metrics, baseline, ks, out / "quality_vs_k.png")
+        plots.popularity_long_tail(popularity, out / "item_popularity_long_tail.png")
+        plots.convergence(history, out / "convergence.png")
+        mlflow.log_artifacts(str(out), artifact_path="plots")
+
+
+def pip_requirements() -> list[str]:
+    import scipy
+    import sklearn
+
+    return [f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}", f"scipy=={scipy.__version__}",
+            f"scikit-learn=={sklearn.__version__}", f"pandas=={pd.__version__}"]
+
+
+def log_pyfunc(model: NMFRecommender, artifact_dir: Path, registered_model_name: str | None):
+    """Log the model from code (no pickled python model), with signature and input example."""
+    sample_users = model.users.externals(np.arange(min(3, model.n_users)))
+    example = pd.DataFrame({"user_id": sample_users})
+    answers = model.recommend_ids(sample_users, 10)
+    output = pd.DataFrame({
+        "user_id": sample_users,
+        "item_ids": [a["item_ids"] for a in answers],
+        "scores": [a["scores"] for a in answers],
+        "strategy": [a["strategy"] for a in answers],
+    })
+    signature = infer_signature(example, output, params={"k": 10, "exclude_seen": True})
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(PYFUNC_CODE),
+        artifacts={ARTIFACT_KEY: str(artifact_dir)},
+        code_paths=[str(CORE_PACKAGE)],
+        signature=signature,
+        input_example=example,
+        pip_requirements=pip_requirements(),
+        registered_model_name=registered_model_name,
+    )

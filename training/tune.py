@@ -1,0 +1,63 @@
+"""``timbral tune``: random search over the NMF knobs as nested MLflow runs under one parent.
+
+Each child fits on the same split and logs its params and metrics; the best child (by the gate metric) is
+reopened, refit on all data, logged and registered, then goes through the same promotion gate as ``train``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import mlflow
+import numpy as np
+
+from timbral.nmf import NMFParams
+from training import pipeline, tracking
+from training.pipeline import TrainConfig, TrainResult
+from training.progress import Reporter
+from training.split import split_per_user
+
+SEARCH_SPACE = {
+    "n_components": [16, 32, 64, 96, 128],
+    "weighting": ["bm25", "log1p", "binary", "raw"],
+    "alpha_W": [0.0, 1e-5, 1e-4, 1e-3],
+    "l1_ratio": [0.0, 0.5, 1.0],
+    "init": ["nndsvda", "nndsvd", "random"],
+}
+
+
+def sample_params(rng: np.random.Generator, base: NMFParams) -> NMFParams:
+    choice = {name: values[int(rng.integers(len(values)))] for name, values in SEARCH_SPACE.items()}
+    return replace(base, **choice).validate()
+
+
+def run_tuning(cfg: TrainConfig, trials: int = 20, seed: int = 0, progress: Reporter | None = None) -> TrainResult:
+    progress = progress or Reporter()
+    rng = np.random.default_rng(seed)
+    candidates = [cfg.params] + [sample_params(rng, cfg.params) for _ in range(trials - 1)]
+    mlflow.set_experiment(cfg.experiment)
+    with mlflow.start_run(run_name=cfg.run_name or "tune") as parent:
+        loaded = pipeline.load_data(cfg, progress)
+        mlflow.set_tags({"data_source": loaded.raw.source, "git_commit": tracking.git_commit() or "unknown",
+                         "timbral_task": "tune"})
+        mlflow.log_params({"trials": trials, "search_seed": seed, "gate_metric": cfg.gate_metric})
+        digest = tracking.log_dataset(loaded.frame, loaded.raw.source, "interactions")
+        split = split_per_user(loaded.interactions, cfg.test_fraction, cfg.split_seed)
+        best = None
+        for i, params in enumerate(candidates, start=1):
+            with mlflow.start_run(run_name=f"trial-{i:02d}", nested=True) as child:
+                tracking.log_model_params(pipeline.NMFRecommender(params))
+                model, result = pipeline.fit_and_evaluate(params, split, cfg, progress, f" (trial {i}/{len(candidates)})")
+                mlflow.log_metrics({**result.model, **result.baseline, "fit_seconds": model.report.seconds})
+                score = result.model[cfg.gate_metric]
+                if best is None or score > best[0]:
+                    best = (score, child.info.run_id, params, result, model)
+        score, best_run, params, result, model = best
+        mlflow.log_metrics({f"best_{cfg.gate_metric}": score})
+        mlflow.set_tag("best_child_run_id", best_run)
+    # reopen the best child: its run gets the refit model and the registered version
+    with mlflow.start_run(run_id=parent.info.run_id), mlflow.start_run(run_id=best_run, nested=True):
+        if cfg.refit:
+            model = pipeline.fit_model(params, loaded.interactions, progress, "Refitting the best trial on all data")
+        mlflow.set_tag("final_model", "best trial refit on all data")
+        return pipeline.log_and_register(replace(cfg, params=params), best_run, model, result, digest, loaded, progress)
