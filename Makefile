@@ -9,15 +9,24 @@ export OPENBLAS_NUM_THREADS ?= 1
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: help setup system-deps demo test test-fast lint bench bench-train loadtest k8s-validate clean
+.PHONY: help setup system-deps demo test test-fast lint bench bench-train loadtest clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-system-deps: ## install missing system packages (redis-server) with apt-get
-	@command -v redis-server >/dev/null || { echo "installing redis-server"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) \
-	  || { echo "could not install redis-server: run 'sudo apt-get install redis-server'" >&2; exit 1; }; }
+# redis-server (tests, demo), nginx + shellcheck (deploy tests), kubectl (kustomize rendering)
+SYSTEM_TOOLS := redis-server nginx shellcheck kubectl
+system-deps: ## install missing system packages (redis-server, nginx, shellcheck, kubectl) with apt-get
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq || { echo "apt-get update failed: install$$missing yourself" >&2; exit 1; }; \
+	  for pkg in $$missing; do \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkg >/dev/null \
+	    || { [ "$$pkg" = kubectl ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null; } \
+	    || { echo "could not install $$pkg: run 'sudo apt-get install $$pkg'" >&2; exit 1; }; \
+	  done; \
+	fi
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11+) on PATH" >&2; exit 1; }
@@ -32,8 +41,9 @@ setup: system-deps $(STAMP) ## create .venv with the project (editable) and ever
 demo: setup ## end to end on embedded defaults: local S3 + MLflow, data, train, register, serve, answer
 	$(VENV)/bin/timbral demo
 
-test: setup ## the whole suite (unit, integration, end-to-end incl. slow)
-	$(VENV)/bin/ruff check timbral training service tests loadtest
+test: setup ## the whole suite: lint, k8s schema validation, then every test (unit, integration, e2e incl. slow)
+	$(VENV)/bin/ruff check timbral training service tests loadtest k8s
+	$(MAKE) --no-print-directory k8s-schemas
 	$(PY) -m pytest -q
 
 test-fast: setup ## the suite without the slow end-to-end tier
@@ -47,3 +57,30 @@ clean: ## remove the venv and local state
 
 bench-train: setup ## training benchmark: fit time/peak memory by size; quality vs popularity and implicit ALS
 	$(PY) -m training.bench
+
+# --- deployment: k8s/, mlflow/, deploy/compose/ ------------------------------------------------------
+K8S_VERSION ?= 1.32.0
+K8S_OVERLAYS := k8s/overlays/dev k8s/overlays/prod
+K8S_RENDER_DIR := build/k8s
+
+.PHONY: k8s-render k8s-schemas k8s-validate deploy-test mlflow-image
+
+k8s-render: ## render every kustomize overlay to build/k8s/<overlay>.yaml
+	@command -v kubectl >/dev/null || { echo "kubectl is needed to render the overlays" >&2; exit 1; }
+	@mkdir -p $(K8S_RENDER_DIR)
+	@for overlay in $(K8S_OVERLAYS); do \
+	  kubectl kustomize $$overlay > $(K8S_RENDER_DIR)/$$(basename $$overlay).yaml || exit 1; \
+	  echo "rendered $$overlay -> $(K8S_RENDER_DIR)/$$(basename $$overlay).yaml"; done
+
+k8s-schemas: $(STAMP)
+	@command -v kubectl >/dev/null || { echo "kubectl is needed to render the overlays" >&2; exit 1; }
+	$(PY) k8s/validate.py --quiet --kubernetes-version $(K8S_VERSION) $(K8S_OVERLAYS) k8s/yatai/bentodeployment.yaml
+
+k8s-validate: setup k8s-schemas ## render the overlays, validate them offline against Kubernetes $(K8S_VERSION), run the policy tests
+	$(PY) -m pytest -q tests/deploy/test_k8s.py
+
+deploy-test: setup ## every deployment test: k8s policies, compose + nginx, MLflow server setup
+	$(PY) -m pytest -q tests/deploy
+
+mlflow-image: ## build the MLflow tracking-server image timbral-mlflow:$(MLFLOW_IMAGE_TAG) (needs docker)
+	docker build -t timbral-mlflow:$(or $(MLFLOW_IMAGE_TAG),0.1.0) mlflow/

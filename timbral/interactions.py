@@ -101,6 +101,22 @@ def canonical_ids(values, what: str = "ids") -> np.ndarray:
     return out.astype(str)
 
 
+def factorize_ids(values, what: str = "ids") -> tuple[np.ndarray, np.ndarray]:
+    """``(unique canonical ids, code of each row)``; integer ids sort numerically, string ids lexically."""
+    arr = np.asarray(values).ravel()
+    if arr.dtype.kind in "iu":
+        uniq, codes = np.unique(arr, return_inverse=True)
+        return uniq.astype(str), codes.astype(np.int64).ravel()
+    uniq, codes = np.unique(canonical_ids(arr, what), return_inverse=True)
+    codes = codes.astype(np.int64).ravel()
+    if uniq.size and id_kind(uniq) == "int":  # digits as text: order them as the numbers they are
+        order = np.array(sorted(range(uniq.size), key=lambda i: int(uniq[i])), dtype=np.int64)
+        rank = np.empty(order.size, dtype=np.int64)
+        rank[order] = np.arange(order.size)
+        uniq, codes = uniq[order], rank[codes]
+    return uniq, codes
+
+
 def id_kind(ids: np.ndarray) -> str:
     """``"int"`` when every canonical id is a plain integer literal (no leading zeros), else ``"str"``."""
     ids = np.asarray(ids).astype(str)
@@ -152,11 +168,11 @@ class Interactions:
         here only invariants are re-checked. Users/items with fewer distinct interactions than the minimums
         are dropped, repeatedly, until both minimums hold.
         """
-        users = canonical_ids(users, "users")
-        items = canonical_ids(items, "items")
-        n = users.size
-        if items.size != n:
-            raise InteractionError(f"users and items differ in length ({n} vs {items.size})")
+        user_ids, u_idx = factorize_ids(users, "users")
+        item_ids, i_idx = factorize_ids(items, "items")
+        n = u_idx.size
+        if i_idx.size != n:
+            raise InteractionError(f"users and items differ in length ({n} vs {i_idx.size})")
         vals = np.ones(n, dtype=np.float64) if values is None else np.asarray(values, dtype=np.float64)
         if vals.size != n:
             raise InteractionError(f"values differ in length from ids ({vals.size} vs {n})")
@@ -171,8 +187,6 @@ class Interactions:
                 bad = int(np.flatnonzero(~np.isfinite(times))[0])
                 raise InteractionError(f"row {bad}: timestamp {times[bad]!r} is not a finite number")
 
-        user_ids, u_idx = np.unique(users, return_inverse=True)
-        item_ids, i_idx = np.unique(items, return_inverse=True)
         shape = (user_ids.size, item_ids.size)
         matrix = sp.csr_matrix((vals, (u_idx, i_idx)), shape=shape, dtype=np.float64)
         matrix.sum_duplicates()
