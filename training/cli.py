@@ -55,6 +55,9 @@ class Group(click.Group):
 @click.version_option(package_name="timbral")
 def main() -> None:
     """Timbral: music recommendations from listening history (NMF), tracked in MLflow, served by BentoML."""
+    # our own progress display replaces MLflow's INFO lines and per-file download bars
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def data_options(f):

@@ -19,6 +19,10 @@ ARTIFACT_KEY = "timbral"  # the core artifact directory, under <model>/artifacts
 
 
 class TimbralPyfunc(PythonModel):
+    # The signature is declared explicitly when the model is logged; MLflow's type-hint validation (and its
+    # warning that predict() has no type hints) is not wanted on top of it.
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         from timbral.nmf import NMFRecommender
 

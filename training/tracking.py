@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,6 +23,22 @@ PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 CORE_PACKAGE = Path(timbral.__file__).parent
 
 
+# MLflow hints that do not apply to this model (its schema and inputs are declared on purpose)
+_EXPECTED_WARNINGS = (
+    r".*Add type hints to the `predict` method.*",
+    r".*Inferred schema contains integer column.*",
+    r".*dataset source can be interpreted in multiple ways.*",
+)
+
+
+@contextlib.contextmanager
+def expected_warnings_silenced():
+    with warnings.catch_warnings():
+        for pattern in _EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern, category=UserWarning)
+        yield
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -36,10 +54,11 @@ def log_model_params(model: NMFRecommender) -> None:
 
 def log_dataset(frame: pd.DataFrame, source: str, name: str) -> str:
     """Log the cleaned interactions as the run's training input; return the dataset digest."""
-    try:
-        dataset = mlflow.data.from_pandas(frame, source=source, name=name)
-    except Exception:  # noqa: BLE001 - an unrecognised source URI must not fail the run
-        dataset = mlflow.data.from_pandas(frame, name=name)
+    with expected_warnings_silenced():
+        try:
+            dataset = mlflow.data.from_pandas(frame, source=source, name=name)
+        except Exception:  # noqa: BLE001 - an unrecognised source URI must not fail the run
+            dataset = mlflow.data.from_pandas(frame, name=name)
     mlflow.log_input(dataset, context="training")
     return dataset.digest
 
@@ -72,7 +91,12 @@ def log_pyfunc(model: NMFRecommender, artifact_dir: Path, registered_model_name:
         "scores": [a["scores"] for a in answers],
         "strategy": [a["strategy"] for a in answers],
     })
-    signature = infer_signature(example, output, params={"k": 10, "exclude_seen": True})
+    with expected_warnings_silenced():
+        signature = infer_signature(example, output, params={"k": 10, "exclude_seen": True})
+        return _log_model(example, signature, artifact_dir, registered_model_name)
+
+
+def _log_model(example, signature, artifact_dir: Path, registered_model_name: str | None):
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=str(PYFUNC_CODE),

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import boto3
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-
-import mlflow
 from mlflow import MlflowClient
+
 from timbral.nmf import NMFRecommender
 from training.generate import write_listens
 from training.local_stack import LocalStack
