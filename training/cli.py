@@ -163,6 +163,7 @@ def generate(out, users, items, interactions, seed):
 @click.option("--gate-margin", default=0.0, show_default=True, type=float)
 @click.option("--no-refit", is_flag=True, help="Keep the model fit on the training split (default: refit on all data).")
 @click.option("--no-register", is_flag=True, help="Log the run and model but do not register a version.")
+@click.option("--run-name", default=None, help="MLflow run name (default: generated).")
 def train(**kw):
     """Fit NMF, evaluate against popularity, log the run to MLflow and register the model."""
     from training.pipeline import run_training
@@ -202,7 +203,10 @@ def promote(model_name, version, tracking_uri):
 
     from training import registry
 
-    previous = registry.promote(MlflowClient(tracking_uri), model_name, version)
+    client = MlflowClient(tracking_uri)
+    registry.check_model(client, model_name)
+    with registry.promotion_lock(client, model_name):
+        previous = registry.promote(client, model_name, version)
     click.echo(f"{model_name}: champion v{previous or '-'} -> v{version}")
 
 
@@ -215,7 +219,10 @@ def rollback(model_name, tracking_uri):
 
     from training import registry
 
-    old, new = registry.rollback(MlflowClient(tracking_uri), model_name)
+    client = MlflowClient(tracking_uri)
+    registry.check_model(client, model_name)
+    with registry.promotion_lock(client, model_name):
+        old, new = registry.rollback(client, model_name)
     click.echo(f"{model_name}: champion v{old} -> v{new} (rolled back)")
 
 

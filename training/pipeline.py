@@ -160,11 +160,8 @@ def log_and_register(cfg: TrainConfig, run_id: str, model: NMFRecommender, resul
             if name in result.model:
                 client.set_model_version_tag(cfg.model_name, version, registry.metric_tag(name), f"{result.model[name]:.6f}")
         client.set_model_version_tag(cfg.model_name, version, "data_digest", digest)
-        decision = registry.decide(client, cfg.model_name, version, cfg.gate_metric, cfg.gate_margin, cfg.promote)
-        if decision.alias == registry.CHAMPION:
-            registry.promote(client, cfg.model_name, version)
-        else:
-            registry.mark_challenger(client, cfg.model_name, version)
+        decision = registry.gate_and_alias(client, cfg.model_name, version, cfg.gate_metric, cfg.gate_margin,
+                                           cfg.promote)
         alias, reason = decision.alias, decision.reason
         mlflow.set_tags({"registered_version": version, "registered_alias": alias, "promotion_reason": reason})
     sample_user = model.users.external(0)

@@ -1,5 +1,12 @@
 """The MLflow Model Registry side: promotion gate, promote, rollback. Aliases only (stages are deprecated).
 
+Concurrency: MLflow has no compare-and-set, so alias moves (gate + promote, promote, rollback) run under a
+lease kept in the registered model's tag ``promotion_lock``: a writer sets ``<token> <expiry>``, waits
+``settle`` seconds, and proceeds only if its token is still there; others retry until the lease is released
+or expires. Two writers whose read-then-write round trips both fit inside the settle window cannot both
+proceed, so concurrent ``timbral train`` runs are serialised at the gate and the better model ends as
+champion. The guarantee rests on that timing (default settle 0.5 s vs a registry round trip of a few ms).
+
 The registered model keeps the champion history in its tag ``champion_history`` (a JSON list of versions, oldest
 first); ``rollback`` moves ``champion`` back to the entry before the current one and drops the current one from
 the history. Each version carries tags with its headline metrics, so the gate compares without reading runs.
@@ -7,7 +14,11 @@ the history. Each version carries tags with its headline metrics, so the gate co
 
 from __future__ import annotations
 
+import contextlib
 import json
+import random
+import time
+import uuid
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
@@ -16,6 +27,7 @@ from mlflow.exceptions import MlflowException
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "champion_history"
+LOCK_TAG = "promotion_lock"
 PROMOTE_MODES = ("auto", "always", "never")
 
 
@@ -85,12 +97,56 @@ def decide(client: MlflowClient, name: str, version: str, metric: str = "ndcg_at
     )
 
 
+@contextlib.contextmanager
+def promotion_lock(client: MlflowClient, name: str, timeout: float = 120.0, lease: float = 60.0, settle: float = 0.5):
+    """Hold the registered model's promotion lease (see the module docstring)."""
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + timeout
+    while True:
+        holder = (client.get_registered_model(name).tags or {}).get(LOCK_TAG, "")
+        owner, _, expiry = holder.partition(" ")
+        if not owner or float(expiry or 0) < time.time():
+            client.set_registered_model_tag(name, LOCK_TAG, f"{token} {time.time() + lease:.3f}")
+            time.sleep(settle)
+            if (client.get_registered_model(name).tags or {}).get(LOCK_TAG, "").startswith(token):
+                break
+        if time.monotonic() > deadline:
+            raise RegistryError(f"model '{name}': promotion lock held by another writer for {timeout:.0f}s "
+                                f"(tag {LOCK_TAG}={holder!r}); retry, or delete the tag if that writer died")
+        time.sleep(random.uniform(0.1, 0.4))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(MlflowException):
+            if (client.get_registered_model(name).tags or {}).get(LOCK_TAG, "").startswith(token):
+                client.delete_registered_model_tag(name, LOCK_TAG)
+
+
+def gate_and_alias(client: MlflowClient, name: str, version: str, metric: str = "ndcg_at_10", margin: float = 0.0,
+                   mode: str = "auto") -> GateDecision:
+    """Decide and move the alias under the promotion lock: champion if the gate passes, else challenger."""
+    with promotion_lock(client, name):
+        decision = decide(client, name, version, metric, margin, mode)
+        if decision.alias == CHAMPION:
+            promote(client, name, version)
+        else:
+            mark_challenger(client, name, version)
+    return decision
+
+
 def champion_history(client: MlflowClient, name: str) -> list[str]:
     tags = client.get_registered_model(name).tags or {}
     try:
         return [str(v) for v in json.loads(tags.get(HISTORY_TAG, "[]"))]
     except ValueError:
         return []
+
+
+def check_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise RegistryError(f"no registered model named '{name}' at {client.tracking_uri}") from None
 
 
 def _check_version(client: MlflowClient, name: str, version: str):
