@@ -38,6 +38,7 @@ def store_models(home: Path) -> list[dict]:
 def registered(local_stack, tmp_path_factory):
     """A small model trained and registered by the training pipeline (version 1 → @champion)."""
     import mlflow
+
     from timbral.nmf import NMFParams
     from training.generate import write_listens
     from training.pipeline import TrainConfig, run_training
@@ -121,6 +122,7 @@ def test_tampered_artifact_is_rejected_before_the_store_changes(mlflow_env, home
     """A registered version whose arrays.npz was modified after its checksums were written."""
     import mlflow
     from mlflow import MlflowClient
+
     from tests.e2e.helpers import fit_small_model
 
     artifact = tmp_path / "model" / "artifacts" / "timbral"

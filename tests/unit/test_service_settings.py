@@ -9,7 +9,13 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from service.schemas import BatchRecommendRequest, HistoryRequest, RecommendRequest, ScoreRequest, SimilarItemsRequest
+from service.schemas import (
+    BatchRecommendRequest,
+    HistoryRequest,
+    RecommendRequest,
+    ScoreRequest,
+    SimilarItemsRequest,
+)
 from service.settings import Settings, get_settings, redact_url
 
 ENV_KEYS = ("MODEL_TAG", "REDIS_URL", "ENABLE_CACHING", "CACHE_TTL", "REDIS_TIMEOUT_MS", "MAX_BATCH_SIZE",

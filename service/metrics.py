@@ -1,0 +1,52 @@
+"""Prometheus metrics of our own, exported with BentoML's at ``/metrics``.
+
+``prometheus_client`` is imported on first use, never at module import: BentoML workers set
+``PROMETHEUS_MULTIPROC_DIR`` after importing the service module, and a client imported before that would
+count in a registry that ``/metrics`` never reads.
+
+* ``timbral_cache_requests_total{endpoint, result}`` — result: hit, miss, error (Redis failed or in back-off),
+  disabled.
+* ``timbral_recommendations_total{endpoint, strategy}`` — answers by strategy: personalized, or the popular
+  fallback.
+* ``timbral_responses_total{endpoint, status}`` — every answer of our endpoints by HTTP status code.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+_lock = threading.Lock()
+_metrics: SimpleNamespace | None = None
+
+
+def metrics() -> SimpleNamespace:
+    global _metrics
+    if _metrics is None:
+        with _lock:
+            if _metrics is None:
+                from prometheus_client import Counter
+
+                _metrics = SimpleNamespace(
+                    cache=Counter("timbral_cache_requests", "Cache lookups by endpoint and result",
+                                  ["endpoint", "result"]),
+                    strategy=Counter("timbral_recommendations", "Answers by endpoint and strategy",
+                                     ["endpoint", "strategy"]),
+                    responses=Counter("timbral_responses", "HTTP answers by endpoint and status",
+                                      ["endpoint", "status"]),
+                )
+    return _metrics
+
+
+def count_cache(endpoint: str, result: str, n: int = 1) -> None:
+    if n > 0:
+        metrics().cache.labels(endpoint=endpoint or "unknown", result=result).inc(n)
+
+
+def count_strategy(endpoint: str, strategy: str, n: int = 1) -> None:
+    if n > 0:
+        metrics().strategy.labels(endpoint=endpoint, strategy=strategy).inc(n)
+
+
+def count_response(endpoint: str, status: int) -> None:
+    metrics().responses.labels(endpoint=endpoint, status=str(status)).inc()

@@ -1,0 +1,134 @@
+"""The API service ``Timbral``: JSON endpoints in front of the model service, with a Redis read-through cache.
+
+Serve with ``bentoml serve service:Timbral`` (production mode: the API and the model service run as separate
+processes, and the model service batches). POST endpoints are BentoML APIs; the GET endpoints (``/model``,
+``/ping``, ``/health``) are a small FastAPI app mounted on the service. All appear in the OpenAPI document
+(Swagger UI at ``/``, JSON at ``/docs.json``).
+
+Errors: invalid input → 400 with ``detail[].loc`` naming the field and ``msg`` the rule (BentoML's validation
+errors); unknown item for /similar-items → 404; a body that is not JSON → 415. Redis never causes an error.
+
+``workers=1``: the API process does id mapping, JSON and Redis I/O asynchronously, so one worker keeps a core
+busy; on a 2-core machine the other core belongs to the model service.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bentoml
+from fastapi import FastAPI
+from starlette.responses import JSONResponse
+
+from service.answers import Answerer, ModelClient, NotFoundError
+from service.cache import ResponseCache
+from service.catalog import Catalog
+from service.logs import RequestMiddleware, configure_logging
+from service.model_service import TimbralModel, stored_model
+from service.schemas import (
+    BatchRecommendRequest,
+    BatchRecommendResponse,
+    HealthResponse,
+    HistoryRequest,
+    HistoryResponse,
+    ModelInfo,
+    RecommendRequest,
+    RecommendResponse,
+    ScoreRequest,
+    ScoreResponse,
+    SimilarItemsRequest,
+    SimilarItemsResponse,
+    error_body,
+)
+from service.settings import get_settings
+
+_S = get_settings()
+POST_ROUTES = ("/recommend", "/recommend/batch", "/recommend/history", "/similar-items", "/score")
+GET_ROUTES = ("/model", "/ping", "/health")
+
+ops = FastAPI(title="Timbral operations", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@bentoml.service(name="Timbral", workers=1, traffic={"timeout": 30}, logging={"access": {"enabled": False}})
+@bentoml.asgi_app(ops, path="/")
+class Timbral:
+    """Music recommendations: personalized top-k, popularity fallback, fold-in, similar items, scores."""
+
+    bento_model = bentoml.models.BentoModel(_S.model_tag)
+    model = bentoml.depends(TimbralModel)
+
+    def __init__(self) -> None:
+        settings = get_settings()
+        configure_logging(settings.log_level)
+        stored = stored_model(Timbral)
+        self.catalog = Catalog.load(stored.path, str(stored.tag), dict(stored.info.labels))
+        self.cache = ResponseCache.from_settings(settings)
+        self.answers = Answerer(self.catalog, ModelClient(lambda: self.model), self.cache)
+
+    def __is_ready__(self) -> bool:
+        return self.catalog is not None
+
+    @bentoml.on_shutdown
+    async def _close(self) -> None:
+        await self.cache.close()
+
+    async def health(self) -> dict[str, Any]:
+        redis = await self.cache.status()
+        return {"status": "degraded" if redis == "down" else "ok", "model_loaded": self.catalog is not None,
+                "model_version": self.catalog.version, "redis": redis, "redis_url": self.cache.url_redacted,
+                "detail": self.cache.last_error if redis == "down" else None}
+
+    @bentoml.api(route="/recommend", input_spec=RecommendRequest)
+    async def recommend(self, **fields: Any) -> RecommendResponse:
+        """Top-k items for a user; unknown users get the most popular items (strategy "popular")."""
+        answer = await self.answers.recommend(RecommendRequest.model_validate(fields))
+        return RecommendResponse.model_validate(answer)
+
+    @bentoml.api(route="/recommend/batch", input_spec=BatchRecommendRequest)
+    async def recommend_batch(self, **fields: Any) -> BatchRecommendResponse:
+        """Top-k items for up to MAX_BATCH_USERS users, one result per user in the order given."""
+        answer = await self.answers.recommend_batch(BatchRecommendRequest.model_validate(fields))
+        return BatchRecommendResponse.model_validate(answer)
+
+    @bentoml.api(route="/recommend/history", input_spec=HistoryRequest)
+    async def recommend_history(self, **fields: Any) -> HistoryResponse:
+        """Recommendations for a listener the model has never seen, from a listening history (fold-in)."""
+        answer = await self.answers.history(HistoryRequest.model_validate(fields))
+        return HistoryResponse.model_validate(answer)
+
+    @bentoml.api(route="/similar-items", input_spec=SimilarItemsRequest)
+    async def similar_items(self, **fields: Any) -> SimilarItemsResponse:
+        """Items nearest to an item (cosine of item factors). Unknown item: 404."""
+        try:
+            answer = await self.answers.similar(SimilarItemsRequest.model_validate(fields))
+        except NotFoundError as exc:
+            return JSONResponse(error_body(exc.message, exc.field, "not_found"), status_code=404)  # type: ignore[return-value]
+        return SimilarItemsResponse.model_validate(answer)
+
+    @bentoml.api(route="/score", input_spec=ScoreRequest)
+    async def score(self, **fields: Any) -> ScoreResponse:
+        """Score of each item for a user (null for unknown items; popularity counts for unknown users)."""
+        answer = await self.answers.score(ScoreRequest.model_validate(fields))
+        return ScoreResponse.model_validate(answer)
+
+
+Timbral.add_asgi_middleware(RequestMiddleware, json_paths=POST_ROUTES, known_paths=GET_ROUTES)
+
+
+def _service() -> Timbral:
+    return bentoml.get_current_service()
+
+
+@ops.get("/model", response_model=ModelInfo, summary="The served model: registry version, run, metrics, size")
+async def model_info() -> dict[str, Any]:
+    return _service().catalog.info()
+
+
+@ops.get("/ping", summary="Liveness of the API process")
+async def ping() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@ops.get("/health", response_model=HealthResponse, summary="Model and Redis status (ok or degraded)")
+async def health() -> dict[str, Any]:
+    return await _service().health()

@@ -1,0 +1,66 @@
+"""Every serving setting in one pydantic-settings object, read from the environment (and ``.env`` if present).
+
+Importing this module imports neither BentoML nor Redis, so the CLI and the tests can read settings cheaply.
+Variable names are the field names in upper case (``MODEL_TAG``, ``REDIS_URL``…); ``.env.example`` documents
+each one.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore",
+                                      case_sensitive=False, protected_namespaces=())
+
+    # which BentoML store model to serve (and to pack into the bento at `bentoml build`)
+    model_tag: str = Field("timbral-nmf:latest", min_length=1)
+    # cache
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    enable_caching: bool = True
+    cache_ttl: int = Field(300, ge=1, description="seconds a cached answer lives")
+    redis_timeout_ms: int = Field(50, ge=1, le=60_000, description="timeout of every Redis call")
+    # adaptive batching of the model service
+    max_batch_size: int = Field(64, ge=2, le=4096)
+    max_latency_ms: int = Field(1000, ge=1)
+    # request limits
+    max_k: int = Field(500, ge=1, le=100_000)
+    max_batch_users: int = Field(100, ge=1, le=10_000)
+    max_exclude_items: int = Field(1000, ge=0, le=100_000, description="items per exclude/include/score list")
+    max_history_items: int = Field(1000, ge=1, le=100_000, description="items per /recommend/history request")
+    # process
+    log_level: str = Field("INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    blas_threads: int = Field(1, ge=1, le=256)
+
+    @property
+    def redis_url_redacted(self) -> str:
+        return redact_url(self.redis_url)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe to log or show in /health)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once). Tests call ``get_settings.cache_clear()`` after changing env."""
+    return Settings()
