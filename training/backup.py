@@ -14,6 +14,7 @@ loads the store, re-uploads the objects and checks the restored counts against t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -110,12 +111,12 @@ def run_backup(store: BackendStore, artifacts, dest, keep: int | None, dry_run: 
     started = time.perf_counter()
     if f"{dest.uri}/".startswith(f"{artifacts.uri}/"):
         raise BackupError(f"--dest {dest.uri} is inside the artifact store {artifacts.uri}")
+    store.check_can_dump()
     objects = [(k, s) for k, s in artifacts.files() if not k.endswith("/")]  # "folder" markers hold nothing to restore
     name = new_name(dest, datetime.now(UTC))
     total = sum(s for _, s in objects)
     if dry_run:
-        click.echo(f"would back up {store.kind} store {redact(store.uri)} ({_mb(store.size())}, counts "
-                   f"{store.counts()}) and {len(objects)} objects ({_mb(total)}) from {artifacts.uri} "
+        click.echo(f"would back up {store.kind} store {redact(store.uri)} (counts {store.counts()}) and {len(objects)} objects ({_mb(total)}) from {artifacts.uri} "
                    f"to {dest.uri}/{name}")
         for old in retention(dest, keep, extra=name):
             click.echo(f"would delete old backup {dest.uri}/{old}")
@@ -132,17 +133,18 @@ def run_backup(store: BackendStore, artifacts, dest, keep: int | None, dry_run: 
                        **{k: v for k, v in info.items() if k != "counts"}}
         copied = _copy_all([(k, f"artifacts/{k}") for k, _ in objects], artifacts, folder, tmp, workers,
                            f"Copying {len(objects)} objects")
-    import mlflow
+        import mlflow
 
-    manifest = {
-        "format": FORMAT, "name": name, "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "tool": {"mlflow": mlflow.__version__},
-        "source": {"backend_store_uri": redact(store.uri), "artifacts": redact(artifacts.uri)},
-        "counts": info["counts"], "store": store_entry,
-        "artifacts": {"count": len(copied), "bytes": sum(s for s, _ in copied.values())},
-        "objects": [{"key": k, "size": copied[k][0], "sha256": copied[k][1]} for k, _ in objects],
-    }
-    _write_manifest(folder, manifest)
+        manifest = {
+            "format": FORMAT, "name": name, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "tool": {"mlflow": mlflow.__version__},
+            "source": {"backend_store_uri": redact(store.uri), "artifacts": redact(artifacts.uri)},
+            "counts": info["counts"], "store": store_entry,
+            "artifacts": {"count": len(copied), "bytes": sum(s for s, _ in copied.values())},
+            "objects": [{"key": k, "size": copied[k][0], "sha256": copied[k][1]} for k, _ in objects],
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        folder.upload(MANIFEST, tmp / MANIFEST)  # last: a backup without its manifest is incomplete
     seconds = time.perf_counter() - started
     click.echo(f"backup {folder.uri}: store {_mb(store_entry['size'])}, {len(objects)} objects "
                f"({_mb(manifest['artifacts']['bytes'])}), counts {info['counts']} in {seconds:.1f}s")
@@ -151,13 +153,6 @@ def run_backup(store: BackendStore, artifacts, dest, keep: int | None, dry_run: 
         dest.child(old).delete_all()
         click.echo(f"deleted old backup {dest.uri}/{old}")
     return {**manifest, "uri": folder.uri, "seconds": seconds, "deleted": deleted}
-
-
-def _write_manifest(folder, manifest: dict) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / MANIFEST
-        path.write_text(json.dumps(manifest, indent=2) + "\n")
-        folder.upload(MANIFEST, path)
 
 
 def read_manifest(folder, tmp: Path) -> dict:
@@ -209,7 +204,7 @@ def run_restore(backup_uri: str, latest: bool, store: BackendStore, artifacts, f
         verify(local, manifest)
         click.echo(f"verified {src.uri}: {len(manifest['objects'])} objects and the store match their sha256")
         store.check_can_load(manifest["store"])
-        used, occupied = store.used_tables(), artifacts.has_any()
+        used, occupied = store.used_tables(), next(iter(artifacts.files()), None) is not None
         problems = ([f"store {redact(store.uri)} holds data ({', '.join(used[:4])}{', …' if len(used) > 4 else ''})"]
                     if used else []) + ([f"{artifacts.uri} already holds objects"] if occupied else [])
         if manifest["source"]["artifacts"] != artifacts.uri:
@@ -252,6 +247,16 @@ _common = [
 ]
 
 
+@contextlib.contextmanager
+def _s3_errors():
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        raise BackupError(f"S3: {exc} (endpoint MLFLOW_S3_ENDPOINT_URL, credentials AWS_*)") from None
+
+
 def _options(f):
     for opt in reversed([_store_opt, _artifacts_opt, *_common]):
         f = opt(f)
@@ -266,8 +271,9 @@ def _options(f):
               help="Afterwards keep only the newest N backups in --dest (only timbral-backup-* folders).")
 def backup_command(backend_store_uri, artifacts_uri, dry_run, pg_bin, workers, dest, keep):
     """Back up the MLflow store and every artifact object into <dest>/timbral-backup-<UTC time>/."""
-    store = BackendStore(backend_store_uri, pg_bin)
-    run_backup(store, location(artifacts_uri), location(dest), keep, dry_run, workers)
+    with _s3_errors():
+        run_backup(BackendStore(backend_store_uri, pg_bin), location(artifacts_uri), location(dest), keep, dry_run,
+                   workers)
 
 
 @click.command("restore")
@@ -277,5 +283,6 @@ def backup_command(backend_store_uri, artifacts_uri, dry_run, pg_bin, workers, d
 @click.option("--force", is_flag=True, help="Replace a non-empty store / artifact prefix.")
 def restore_command(backup, backend_store_uri, artifacts_uri, dry_run, pg_bin, workers, latest, force):
     """Verify a backup, then restore it into the (stopped) MLflow store and the artifact bucket."""
-    store = BackendStore(backend_store_uri, pg_bin)
-    run_restore(backup, latest, store, location(artifacts_uri), force, dry_run, workers)
+    with _s3_errors():
+        run_restore(backup, latest, BackendStore(backend_store_uri, pg_bin), location(artifacts_uri), force, dry_run,
+                    workers)

@@ -1,12 +1,10 @@
 """What ``timbral backup``/``restore`` read and write: the MLflow backend store and folders of files.
 
-``BackendStore`` wraps the MLflow database given by its SQLAlchemy URI: PostgreSQL is dumped with ``pg_dump
---format=custom`` and loaded with ``pg_restore``; sqlite is copied with sqlite3's online backup API. It also
-counts what the store holds and tells an empty store (as a fresh ``mlflow server`` leaves it) from a used one.
-
-``Location`` is a folder of files addressed by relative keys: a local folder (path or ``file://``) or an S3
-``s3://bucket/prefix`` (boto3 with ``MLFLOW_S3_ENDPOINT_URL`` and the usual ``AWS_*`` environment). The artifact
-store, the backup destination and a backup itself are all locations.
+``BackendStore``: the MLflow database of a SQLAlchemy URI. PostgreSQL goes through ``pg_dump --format=custom`` /
+``pg_restore``, sqlite through sqlite3's online backup API; it also counts what the store holds and tells an
+empty store (as a fresh ``mlflow server`` leaves it) from a used one. A location is a folder of files under
+relative keys: ``LocalLocation`` (a path or ``file://``) or ``S3Location`` (``s3://bucket/prefix``, boto3 with
+``MLFLOW_S3_ENDPOINT_URL`` and ``AWS_*``) — the artifact store, a backup destination and a backup alike.
 """
 
 from __future__ import annotations
@@ -47,12 +45,8 @@ def redact(uri: str) -> str:
     parts = urllib.parse.urlsplit(uri)
     if parts.password is None:
         return uri
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
-
-
-# ---------------------------------------------------------------------------------------------- backend store
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{host}"))
 
 
 @dataclass
@@ -86,21 +80,20 @@ class BackendStore:
             with self._engine().connect():
                 return True
         except _sa().exc.OperationalError as exc:
-            if "does not exist" in str(exc):
+            if f'database "{self.url.database}" does not exist' in str(exc):
                 return False
             raise BackupError(f"cannot connect to {redact(self.uri)}: {str(exc).splitlines()[0]}") from None
 
     def _engine(self, **kw):
         return _sa().create_engine(kw.pop("url", self.url), poolclass=_sa().pool.NullPool, **kw)
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, conn=None) -> dict[str, int]:
         """Rows of the tables that matter to people: experiments, runs, registered models, versions, aliases."""
-        if not self.exists():
-            return dict.fromkeys(COUNTED, 0)
-        with self._engine().connect() as conn:
-            return self._count(conn)
-
-    def _count(self, conn) -> dict[str, int]:
+        if conn is None:
+            if not self.exists():
+                return dict.fromkeys(COUNTED, 0)
+            with self._engine().connect() as conn:
+                return self.counts(conn)
         tables = set(_sa().inspect(conn).get_table_names())
         return {name: int(_scalar(conn, f'SELECT count(*) FROM "{table}"')) if table in tables else 0
                 for name, table in COUNTED.items()}
@@ -113,14 +106,6 @@ class BackendStore:
             tables = [t for t in _sa().inspect(conn).get_table_names() if t not in FRESH_ONLY]
             where = {"experiments": " WHERE experiment_id <> 0"}
             return [t for t in tables if _scalar(conn, f'SELECT 1 FROM "{t}"{where.get(t, "")} LIMIT 1') is not None]
-
-    def size(self) -> int:
-        if self.kind == "sqlite":
-            return self.path.stat().st_size if self.path.is_file() else 0
-        with self._engine().connect() as conn:
-            return int(_scalar(conn, "SELECT pg_database_size(current_database())"))
-
-    # -- PostgreSQL tools -------------------------------------------------------------------------------------
 
     def _libpq(self) -> tuple[str, dict[str, str]]:
         """A libpq URI without the password, and the environment that carries it (never on the command line)."""
@@ -144,25 +129,32 @@ class BackendStore:
             raise BackupError(f"cannot read the version of {binary}: {out.strip()}")
         return binary, int(match.group(1))
 
-    def server_major(self) -> int:
-        with self._engine().connect() as conn:
-            return int(_scalar(conn, "SHOW server_version_num")) // 10000
-
     def _run(self, args: list[str], env: dict[str, str], what: str) -> None:
         proc = subprocess.run(args, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             lines = [line for line in proc.stderr.splitlines() if line.strip()][-3:]
             raise BackupError(f"{what} failed ({proc.returncode}): {' | '.join(lines)}")
 
-    # -- dump / load ------------------------------------------------------------------------------------------
+    def check_can_dump(self) -> tuple[str, int, int]:
+        """Fail early and clearly: no store, no pg_dump, or a pg_dump older than the server."""
+        if not self.exists():
+            raise BackupError(f"the backend store {redact(self.uri)} does not exist")
+        if self.kind == "sqlite":
+            return "", 0, 0
+        binary, major = self.tool("pg_dump")
+        with self._engine().connect() as conn:
+            server = int(_scalar(conn, "SHOW server_version_num")) // 10000
+        if major < server:
+            raise BackupError(f"pg_dump {major} is older than the PostgreSQL server ({server}): install "
+                              f"postgresql-client-{server} (or point --pg-bin at its bin/ folder)")
+        return binary, major, server
 
     def dump(self, out: Path) -> dict[str, Any]:
         """Write a consistent copy of the store to ``out``; returns what the manifest should know, with the
         counts of that very copy (PostgreSQL: counted in the snapshot that pg_dump reads)."""
+        binary, major, server = self.check_can_dump()
         if self.kind == "sqlite":
-            if not self.path.is_file():
-                raise BackupError(f"sqlite store {self.path} does not exist")
-            src = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            src = sqlite3.connect(f"file:{urllib.parse.quote(str(self.path))}?mode=ro", uri=True)
             dst = sqlite3.connect(out)
             try:
                 with dst:
@@ -172,17 +164,12 @@ class BackendStore:
                 dst.close()
             counts = BackendStore(f"sqlite:///{out}").counts()
             return {"kind": "sqlite", "sqlite": sqlite3.sqlite_version, "counts": counts}
-        binary, major = self.tool("pg_dump")
-        server = self.server_major()
-        if major < server:
-            raise BackupError(f"pg_dump {major} is older than the PostgreSQL server ({server}): install "
-                              f"postgresql-client-{server} (or point --pg-bin at its bin/ folder)")
         uri, env = self._libpq()
         with self._engine().connect() as conn:
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 snapshot = _scalar(conn, "SELECT pg_export_snapshot()")
-                counts = self._count(conn)
+                counts = self.counts(conn)
                 self._run([binary, "--format=custom", f"--snapshot={snapshot}", "--file", str(out), "--dbname", uri],
                           env, "pg_dump")
         return {"kind": "postgresql", "pg_dump_major": major, "server_major": server, "counts": counts}
@@ -203,6 +190,8 @@ class BackendStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".restoring")
             shutil.copyfile(dump, tmp)
+            for stale in ("-journal", "-wal", "-shm"):  # would be replayed onto the restored file
+                self.path.with_name(self.path.name + stale).unlink(missing_ok=True)
             os.replace(tmp, self.path)
             return
         if not self.exists():
@@ -216,9 +205,6 @@ class BackendStore:
         name = str(self.url.database).replace('"', '""')
         with self._engine(url=self.url.set(database="postgres"), isolation_level="AUTOCOMMIT").connect() as conn:
             conn.execute(_sa().text(f'CREATE DATABASE "{name}"'))
-
-
-# ---------------------------------------------------------------------------------------------- locations
 
 
 def location(uri: str) -> LocalLocation | S3Location:
@@ -258,16 +244,11 @@ class LocalLocation:
 
     def files(self):
         """(key, size) of every file below, sorted by key."""
-        if self.root.is_dir():
-            for p in sorted(self.root.rglob("*")):
-                if p.is_file():
-                    yield p.relative_to(self.root).as_posix(), p.stat().st_size
+        paths = sorted(self.root.rglob("*")) if self.root.is_dir() else []
+        yield from ((p.relative_to(self.root).as_posix(), p.stat().st_size) for p in paths if p.is_file())
 
     def folders(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
-
-    def has_any(self) -> bool:
-        return next(iter(self.files()), None) is not None
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -312,37 +293,34 @@ class S3Location:
         return S3Location(self.bucket, self._key(name.strip("/")), self._client)
 
     def _pages(self, **kw):
-        from botocore.exceptions import ClientError
-
+        """list_objects_v2 pages under the prefix ("prefix/..."); none when the bucket does not exist."""
         start = f"{self.prefix}/" if self.prefix else ""
         try:
             yield from self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start, **kw)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
-                raise
+        except self.s3.exceptions.NoSuchBucket:
+            return
 
     def files(self):
         start = len(f"{self.prefix}/") if self.prefix else 0
-        for page in self._pages():
-            for obj in page.get("Contents", []):
-                yield obj["Key"][start:], int(obj["Size"])
+        yield from ((o["Key"][start:], int(o["Size"])) for page in self._pages() for o in page.get("Contents", []))
 
     def folders(self) -> list[str]:
         start = len(f"{self.prefix}/") if self.prefix else 0
         return sorted(p["Prefix"][start:].rstrip("/") for page in self._pages(Delimiter="/")
                       for p in page.get("CommonPrefixes", []))
 
-    def has_any(self) -> bool:
-        return next(iter(self.files()), None) is not None
-
     def exists(self, key: str) -> bool:
+        page = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self._key(key), MaxKeys=1) if self._bucket() else {}
+        return any(o["Key"] == self._key(key) for o in page.get("Contents", []))
+
+    def _bucket(self) -> bool:
         from botocore.exceptions import ClientError
 
         try:
-            self.s3.head_object(Bucket=self.bucket, Key=self._key(key))
+            self.s3.head_bucket(Bucket=self.bucket)
             return True
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
                 return False
             raise
 
@@ -358,11 +336,7 @@ class S3Location:
             self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
 
     def ensure(self) -> None:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.s3.head_bucket(Bucket=self.bucket)
-        except ClientError:
+        if not self._bucket():
             region = self.s3.meta.region_name
             extra = {} if region in (None, "us-east-1") else {"CreateBucketConfiguration": {"LocationConstraint": region}}
             self.s3.create_bucket(Bucket=self.bucket, **extra)

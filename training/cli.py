@@ -40,15 +40,23 @@ class Group(click.Group):
         except Exception as exc:  # noqa: BLE001
             _fail(exc)
 
-    def get_command(self, ctx, name):
-        if name == "import-model":  # the serving side's command; imported only when asked for
-            from service.importer import import_model_command
+    # commands whose modules are imported only when asked for (the serving side's import-model pulls BentoML)
+    LAZY = {
+        "import-model": ("service.importer", "import_model_command"),
+        "backup": ("training.backup", "backup_command"),
+        "restore": ("training.backup", "restore_command"),
+    }
 
-            return import_model_command
+    def get_command(self, ctx, name):
+        if name in self.LAZY:
+            import importlib
+
+            module, attr = self.LAZY[name]
+            return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
 
     def list_commands(self, ctx):
-        return sorted([*super().list_commands(ctx), "import-model"])
+        return sorted([*super().list_commands(ctx), *self.LAZY])
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
