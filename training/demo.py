@@ -77,6 +77,8 @@ def run_demo(workdir: str, users: int, items: int, interactions: int, serve: boo
         print_result(result)
         if serve:
             _serve_and_query(stack, result, work, cleanup, progress)
+        if not keep_running:
+            click.echo("Run `timbral demo --keep-running` to keep the MLflow UI (and the service) up afterwards.")
         if keep_running:
             click.echo(f"\nMLflow UI: {stack.tracking_uri}  — Ctrl-C to stop everything")
             with contextlib.suppress(KeyboardInterrupt):
@@ -108,8 +110,11 @@ def _serve_and_query(stack: LocalStack, result, work: Path, cleanup: contextlib.
     with progress.stage(f"bentoml serve {tag} on port {port}"):
         wait_http(f"http://127.0.0.1:{port}/readyz", 180, proc, work / "bentoml-serve.log")
     base = f"http://127.0.0.1:{port}"
-    for _ in range(2):
-        answer = _post(f"{base}/recommend", {"user_id": result.sample_user, "k": 5})
-        click.echo(f"POST {base}/recommend {{\"user_id\": {json.dumps(result.sample_user)}, \"k\": 5}}")
-        click.echo(json.dumps(answer, indent=2))
-    click.echo(f"Swagger UI was at {base}/ while the demo ran; logs in {work}")
+    body = {"user_id": result.sample_user, "k": 5}
+    click.echo(f"\ncurl -s -X POST {base}/recommend -H 'Content-Type: application/json' -d '{json.dumps(body)}'")
+    for attempt in ("first call", "same call again"):
+        answer = _post(f"{base}/recommend", body)
+        items = ", ".join(f"{i['item_id']} ({i['score']:.3f})" for i in answer["items"])
+        click.echo(f"  {attempt}: strategy={answer['strategy']} model_version={answer['model_version']} "
+                   f"cached={str(answer['cached']).lower()} items: {items}")
+    click.echo(f"\nThe service (Swagger UI at {base}/) stops with the demo; logs are in {work}.")
