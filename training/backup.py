@@ -27,7 +27,8 @@ from pathlib import Path
 
 import click
 
-from training.backup_store import BackendStore, BackupError, LocalLocation, location, redact
+from training.backup_locations import LocalLocation, location
+from training.backup_store import BackendStore, BackupError, redact
 
 FORMAT = "timbral-backup/1"
 MANIFEST = "manifest.json"
