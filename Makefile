@@ -84,3 +84,15 @@ deploy-test: setup ## every deployment test: k8s policies, compose + nginx, MLfl
 
 mlflow-image: ## build the MLflow tracking-server image timbral-mlflow:$(MLFLOW_IMAGE_TAG) (needs docker)
 	docker build -t timbral-mlflow:$(or $(MLFLOW_IMAGE_TAG),0.1.0) mlflow/
+
+# LB_DEMO_ARGS passes options, e.g. "--duration 60", "--replicas 3", "--env RATE_LIMIT_ENABLED=false",
+# "--bento timbral:<version> --bentoml-home ~/bentoml" (see `$(PY) deploy/lb_demo.py --help`).
+LB_DEMO_ARGS ?=
+
+.PHONY: lb-demo lb-test
+
+lb-demo: setup ## nginx (project config) on loopback in front of 2 `bentoml serve` replicas + Redis; until Ctrl-C
+	$(PY) deploy/lb_demo.py $(LB_DEMO_ARGS)
+
+lb-test: setup ## failover under load: a replica SIGKILLed behind nginx (0 failed requests), restarted, back in rotation
+	$(PY) -m pytest -q tests/e2e/test_lb_failover.py

@@ -55,17 +55,42 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
     raise StackError(f"{url}: no answer within {timeout:.0f}s ({last})")
 
 
-def stop_process(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
-    if proc is None or proc.poll() is not None:
+def stop_process(proc: subprocess.Popen | None, grace: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Stop ``proc`` (started with ``start_new_session``) and every process under it.
+
+    ``bentoml serve`` is a supervisor whose worker processes call ``setsid()``: signalling its process group
+    misses them, and once the supervisor is gone they are orphans nobody finds by parent. So the tree is
+    listed first; ``sig`` goes to the leader's group; what is still alive after ``grace`` seconds (or at once,
+    for SIGKILL) gets SIGKILL. psutil refuses to signal a pid that was reused meanwhile.
+    """
+    import psutil
+
+    if proc is None or getattr(proc, "tree_stopped", False):
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
+        leader = psutil.Process(proc.pid)
+        tree = [leader, *leader.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    if sig == signal.SIGKILL:  # a crash: the supervisor first (it would respawn workers), then the rest
+        for p in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+    else:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, sig)
+    try:
+        proc.wait(grace if sig != signal.SIGKILL else 10)
+    except subprocess.TimeoutExpired:
+        pass
+    _, alive = psutil.wait_procs(tree, timeout=0 if proc.poll() is None else min(grace, 5.0))
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    if proc.poll() is None:
         proc.wait(5)
+    proc.tree_stopped = True
 
 
 def _bin(name: str) -> str:
