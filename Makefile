@@ -14,9 +14,10 @@ export MKL_NUM_THREADS ?= 1
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-# redis-server (tests, demo), nginx + shellcheck (deploy tests), kubectl (kustomize rendering)
-SYSTEM_TOOLS := redis-server nginx shellcheck kubectl
-system-deps: ## install missing system packages (redis-server, nginx, shellcheck, kubectl) with apt-get
+# redis-server (tests, demo), nginx + shellcheck (deploy tests), kubectl (kustomize rendering),
+# buildah + debootstrap (the bento's image without Docker: `make image`, tests/e2e/test_image.py)
+SYSTEM_TOOLS := redis-server nginx shellcheck kubectl buildah debootstrap
+system-deps: ## install missing system packages (redis-server nginx shellcheck kubectl buildah debootstrap) with apt-get
 	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -58,7 +59,7 @@ clean: ## remove the venv and local state
 bench-train: setup ## training benchmark: fit time/peak memory by size; quality vs popularity and implicit ALS
 	$(PY) -m training.bench
 
-# --- deployment: k8s/, mlflow/, deploy/compose/ ------------------------------------------------------
+# --- deployment: k8s/, mlflow/, k8s/compose/ ------------------------------------------------------
 K8S_VERSION ?= 1.32.0
 K8S_OVERLAYS := k8s/overlays/dev k8s/overlays/prod
 K8S_RENDER_DIR := build/k8s
@@ -86,13 +87,25 @@ mlflow-image: ## build the MLflow tracking-server image timbral-mlflow:$(MLFLOW_
 	docker build -t timbral-mlflow:$(or $(MLFLOW_IMAGE_TAG),0.1.0) mlflow/
 
 # LB_DEMO_ARGS passes options, e.g. "--duration 60", "--replicas 3", "--env RATE_LIMIT_ENABLED=false",
-# "--bento timbral:<version> --bentoml-home ~/bentoml" (see `$(PY) deploy/lb_demo.py --help`).
+# "--bento timbral:<version> --bentoml-home ~/bentoml" (see `$(PY) k8s/compose/lb_demo.py --help`).
 LB_DEMO_ARGS ?=
 
 .PHONY: lb-demo lb-test
 
 lb-demo: setup ## nginx (project config) on loopback in front of 2 `bentoml serve` replicas + Redis; until Ctrl-C
-	$(PY) deploy/lb_demo.py $(LB_DEMO_ARGS)
+	$(PY) k8s/compose/lb_demo.py $(LB_DEMO_ARGS)
 
 lb-test: setup ## failover under load: a replica SIGKILLed behind nginx (0 failed requests), restarted, back in rotation
 	$(PY) -m pytest -q tests/e2e/test_lb_failover.py
+
+# --- the bento's OCI image without Docker: buildah on a local debootstrap base (k8s/image/README.md) ---
+.PHONY: image-base image test-image
+
+image-base: system-deps ## local base image localhost/timbral-base:bookworm (debootstrap, ~2 min once; FORCE=1 rebuilds)
+	bash k8s/image/base.sh
+
+image: setup image-base ## bento of MODEL_TAG (import it first) -> image timbral:<bento version>; prints size and build time
+	$(PY) k8s/image/build.py $(if $(MODEL_TAG),--model-tag $(MODEL_TAG))
+
+test-image: setup image-base ## the image end to end: build, run its entrypoint (read-only root, uid 1034), probe the API
+	$(PY) -m pytest -q -m slow tests/e2e/test_image.py

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_script(path: Path, name: str) -> ModuleType:
-    """Import a standalone script (k8s/validate.py, deploy/compose/nginx/render_conf.py) as a module."""
+    """Import a standalone script (k8s/validate.py, k8s/compose/nginx/render_conf.py) as a module."""
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)

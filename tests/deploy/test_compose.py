@@ -1,4 +1,4 @@
-"""The single-host stack in deploy/compose: compose.yaml policy checks, and the nginx template rendered and
+"""The single-host stack in k8s/compose: compose.yaml policy checks, and the nginx template rendered and
 checked (``nginx -t``) and really run on loopback in front of two stub API replicas, as an unprivileged user
 where possible. The nginx tests skip when nginx is not installed (Debian package ``nginx``)."""
 
@@ -23,7 +23,7 @@ import yaml
 
 from tests.deploy._helpers import ROOT, load_script
 
-COMPOSE_DIR = ROOT / "deploy" / "compose"
+COMPOSE_DIR = ROOT / "k8s" / "compose"
 COMPOSE = COMPOSE_DIR / "compose.yaml"
 TEMPLATE = COMPOSE_DIR / "nginx" / "timbral.conf.template"
 render_conf = load_script(COMPOSE_DIR / "nginx" / "render_conf.py", "timbral_render_nginx_conf")

@@ -96,7 +96,7 @@ def test_dockerfile_builds_the_server_image():
 def test_readme_covers_the_setup():
     readme = (MLFLOW_DIR / "README.md").read_text()
     for needle in ("sqlite", "PostgreSQL", "s3://", "MinIO", "MLFLOW_S3_ENDPOINT_URL", "--allowed-hosts",
-                   "deploy/compose", "docker build", "start-server.sh"):
+                   "k8s/compose", "docker build", "start-server.sh"):
         assert needle in readme, needle
 
 

@@ -1,6 +1,6 @@
 """nginx (the project's config) in front of two real ``bentoml serve`` replicas: a replica crashes mid-traffic.
 
-``deploy/lb_demo.py`` starts the stack (a shared throwaway Redis, two replicas of ``service:Timbral`` with a
+``k8s/compose/lb_demo.py`` starts the stack (a shared throwaway Redis, two replicas of ``service:Timbral`` with a
 small model, nginx on loopback). A bounded load of concurrent ``POST /recommend`` requests goes through nginx;
 one replica's whole process tree gets SIGKILL mid-traffic. nginx retries what the dead replica had in flight,
 or refused, on the other (``proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent``,
@@ -25,7 +25,7 @@ import pytest
 
 from tests.deploy._helpers import ROOT, load_script
 
-lb = load_script(ROOT / "deploy" / "lb_demo.py", "timbral_lb_demo")
+lb = load_script(ROOT / "k8s" / "compose" / "lb_demo.py", "timbral_lb_demo")
 
 pytestmark = [
     pytest.mark.slow,

@@ -9,7 +9,7 @@ What runs (every process on 127.0.0.1, free ports, each in its own process group
   the homes link to one model store. The target is the source service ``service:Timbral`` with a small model
   fitted on synthetic listens into a throwaway store (default), a model of an existing store
   (``--bentoml-home DIR --model-tag TAG``), or a built bento (``--bento timbral:<version>``);
-* nginx (Debian's package) with ``deploy/compose/nginx/timbral.conf.template`` rendered by ``render_conf.py``
+* nginx (Debian's package) with ``k8s/compose/nginx/timbral.conf.template`` rendered by ``render_conf.py``
   for the replicas' addresses (the file compose mounts; only the listen address and upstreams differ), run as
   ``nginx -p PREFIX -c PREFIX/nginx.conf`` -- as ``nobody`` when started as root.
 
@@ -39,14 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script: the project's packages (training, service, timbral)
     sys.path.insert(0, str(REPO))
 
 from training.local_stack import free_port  # noqa: E402
 from training.local_stack import stop_process as stop_tree  # noqa: E402
 
-NGINX_DIR = REPO / "deploy" / "compose" / "nginx"
+NGINX_DIR = REPO / "k8s" / "compose" / "nginx"
 NOBODY = 65534
 SOURCE_SERVICE = "service:Timbral"
 
@@ -56,7 +56,7 @@ class LBError(RuntimeError):
 
 
 def render_conf() -> ModuleType:
-    """``deploy/compose/nginx/render_conf.py`` (a standalone script, not a package) as a module."""
+    """``k8s/compose/nginx/render_conf.py`` (a standalone script, not a package) as a module."""
     name = "timbral_render_nginx_conf"  # the name tests/deploy loads it under: one module object per process
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, NGINX_DIR / "render_conf.py")
@@ -107,7 +107,7 @@ def sample_model(home: Path, n_users: int = 400, n_items: int = 300, n_interacti
     store = ModelStore(Path(home) / "models")
     labels = {LABEL_REGISTRY_NAME: "timbral-nmf", LABEL_REGISTRY_VERSION: "1", LABEL_ALIAS: "champion",
               LABEL_RUN_ID: "lb-demo"}
-    with bentoml.models.create("timbral-nmf", labels=labels, metadata={"source": "deploy/lb_demo.py"},
+    with bentoml.models.create("timbral-nmf", labels=labels, metadata={"source": "k8s/compose/lb_demo.py"},
                                _model_store=store) as stored:
         model.save(stored.path)
     return str(stored.tag), model.users.externals(range(len(model.users)))

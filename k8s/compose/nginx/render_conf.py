@@ -4,7 +4,7 @@
 The same template serves compose (where envsubst fills it inside the nginx container) and local runs
 on loopback, e.g. nginx in front of two ``bentoml serve`` processes, as an unprivileged user:
 
-    python deploy/compose/nginx/render_conf.py --listen 127.0.0.1:18080 \\
+    python k8s/compose/nginx/render_conf.py --listen 127.0.0.1:18080 \\
         --upstream 127.0.0.1:3001 --upstream 127.0.0.1:3002 -o /tmp/timbral-nginx/nginx.conf
     nginx -e stderr -p /tmp/timbral-nginx/ -c /tmp/timbral-nginx/nginx.conf -g 'daemon off;'
 
