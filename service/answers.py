@@ -38,20 +38,26 @@ class NotFoundError(LookupError):
 class ModelClient:
     """Calls the model service: a BentoML RemoteProxy when served, the service instance when in-process.
 
-    One retry after a 503 ("process is overloaded" from the adaptive batcher), which a burst can trigger.
+    One retry after a 503 ("process is overloaded" from the adaptive batcher), which a burst can trigger, or after
+    a dropped connection (a model worker died, or closed a kept-alive connection as we wrote to it): model calls
+    are reads, so repeating one is safe, and a new connection waits for the respawned worker. A model service
+    still unreachable after that is a 503 (not a 500), which a load balancer retries on another replica.
     """
 
     def __init__(self, get_model: Callable[[], Any], retries: int = 1) -> None:
         self._get_model, self.retries = get_model, retries
 
     async def call(self, method: str, **kwargs: Any) -> Any:
+        from aiohttp import ClientConnectionError
         from bentoml.exceptions import ServiceUnavailable
 
         for attempt in range(self.retries + 1):
             try:
                 return await getattr(self._get_model().to_async, method)(**kwargs)
-            except ServiceUnavailable:
+            except (ServiceUnavailable, ClientConnectionError) as exc:
                 if attempt == self.retries:
+                    if isinstance(exc, ClientConnectionError):
+                        raise ServiceUnavailable(f"model service unreachable: {type(exc).__name__}") from exc
                     raise
                 await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")

@@ -108,7 +108,7 @@ class RequestMiddleware:
             if scope.get("method") == "POST" and path in self.json_paths:
                 media = headers.get("content-type", "application/json").split(";")[0].strip().lower()
                 if media != "application/json":
-                    await _send_json(send_wrapper, 415, {
+                    await send_json(send_wrapper, 415, {
                         "error": f"Content-Type must be application/json, got {media or 'none'!r}",
                         "detail": [{"loc": ["header", "Content-Type"], "msg": "must be application/json",
                                     "type": "unsupported_media_type"}]})
@@ -126,8 +126,10 @@ class RequestMiddleware:
                                                  "status": status["code"], "latency_ms": latency, **fields})
 
 
-async def _send_json(send, status: int, body: dict) -> None:
+async def send_json(send, status: int, body: dict, headers=()) -> None:
+    """Answer with a JSON body (used by the middleware, which answer before the app sees the request)."""
     payload = json.dumps(body).encode("utf-8")
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": payload})

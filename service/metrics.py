@@ -9,6 +9,8 @@ count in a registry that ``/metrics`` never reads.
 * ``timbral_recommendations_total{endpoint, strategy}`` — answers by strategy: personalized, or the popular
   fallback.
 * ``timbral_responses_total{endpoint, status}`` — every answer of our endpoints by HTTP status code.
+* ``timbral_rate_limit_total{result}`` — rate-limit decisions: allowed, limited, failing-open (Redis unusable,
+  request let through).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def metrics() -> SimpleNamespace:
                                      ["endpoint", "strategy"]),
                     responses=Counter("timbral_responses", "HTTP answers by endpoint and status",
                                       ["endpoint", "status"]),
+                    rate_limit=Counter("timbral_rate_limit", "Rate-limit decisions by result", ["result"]),
                 )
     return _metrics
 
@@ -50,3 +53,7 @@ def count_strategy(endpoint: str, strategy: str, n: int = 1) -> None:
 
 def count_response(endpoint: str, status: int) -> None:
     metrics().responses.labels(endpoint=endpoint, status=str(status)).inc()
+
+
+def count_rate_limit(result: str) -> None:
+    metrics().rate_limit.labels(result=result).inc()

@@ -208,6 +208,8 @@ class HealthResponse(BaseModel):
     model_version: str
     redis: Literal["up", "down", "disabled"]
     redis_url: str
+    rate_limit: Literal["ok", "failing-open", "disabled"] = Field(
+        "disabled", description="failing-open: Redis is unusable and requests pass unlimited")
     detail: str | None = None
 
 

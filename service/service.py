@@ -6,7 +6,8 @@ processes, and the model service batches). POST endpoints are BentoML APIs; the 
 (Swagger UI at ``/``, JSON at ``/docs.json``).
 
 Errors: invalid input → 400 with ``detail[].loc`` naming the field and ``msg`` the rule (BentoML's validation
-errors); unknown item for /similar-items → 404; a body that is not JSON → 415. Redis never causes an error.
+errors); unknown item for /similar-items → 404; a body that is not JSON → 415; a body over MAX_REQUEST_SIZE →
+413; a client over RATE_LIMIT → 429 with Retry-After (``service.guard``). Redis never causes an error.
 
 ``workers=1``: the API process does id mapping, JSON and Redis I/O asynchronously, so one worker keeps a core
 busy; on a 2-core machine the other core belongs to the model service.
@@ -17,12 +18,14 @@ from __future__ import annotations
 from typing import Any
 
 import bentoml
+from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI
 from starlette.responses import JSONResponse
 
 from service.answers import Answerer, ModelClient, NotFoundError
 from service.cache import ResponseCache
 from service.catalog import Catalog
+from service.guard import GuardMiddleware, RateLimiter
 from service.logs import RequestMiddleware, configure_logging
 from service.model_service import TimbralModel, stored_model
 from service.schemas import (
@@ -63,6 +66,7 @@ class Timbral:
         stored = stored_model(Timbral)
         self.catalog = Catalog.load(stored.path, str(stored.tag), dict(stored.info.labels))
         self.cache = ResponseCache.from_settings(settings)
+        self.limiter = RateLimiter.from_settings(settings, self.cache)
         self.answers = Answerer(self.catalog, ModelClient(lambda: self.model), self.cache)
 
     def __is_ready__(self) -> bool:
@@ -70,13 +74,17 @@ class Timbral:
 
     @bentoml.on_shutdown
     async def _close(self) -> None:
+        await self.limiter.close()
         await self.cache.close()
 
     async def health(self) -> dict[str, Any]:
         redis = await self.cache.status()
-        return {"status": "degraded" if redis == "down" else "ok", "model_loaded": self.catalog is not None,
+        rate_limit = await self.limiter.status()
+        degraded = redis == "down" or rate_limit == "failing-open"
+        detail = self.cache.last_error if redis == "down" else self.limiter.link.last_error if degraded else None
+        return {"status": "degraded" if degraded else "ok", "model_loaded": self.catalog is not None,
                 "model_version": self.catalog.version, "redis": redis, "redis_url": self.cache.url_redacted,
-                "detail": self.cache.last_error if redis == "down" else None}
+                "rate_limit": rate_limit, "detail": detail}
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
     async def recommend(self, **fields: Any) -> RecommendResponse:
@@ -112,11 +120,21 @@ class Timbral:
         return ScoreResponse.model_validate(answer)
 
 
-Timbral.add_asgi_middleware(RequestMiddleware, json_paths=POST_ROUTES, known_paths=GET_ROUTES)
-
-
 def _service() -> Timbral:
     return bentoml.get_current_service()
+
+
+def _limiter() -> RateLimiter | None:
+    try:
+        return _service().limiter
+    except BentoMLException:  # no service instance yet
+        return None
+
+
+# the first middleware added is the outermost: every answer, 413/429 included, is logged and counted
+Timbral.add_asgi_middleware(RequestMiddleware, json_paths=POST_ROUTES, known_paths=GET_ROUTES)
+Timbral.add_asgi_middleware(GuardMiddleware, max_body=_S.max_request_size, limiter=_limiter,
+                            trust_forwarded_for=_S.trust_forwarded_for)
 
 
 @ops.get("/model", response_model=ModelInfo, summary="The served model: registry version, run, metrics, size")

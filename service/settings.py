@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,9 +33,29 @@ class Settings(BaseSettings):
     max_batch_users: int = Field(100, ge=1, le=10_000)
     max_exclude_items: int = Field(1000, ge=0, le=100_000, description="items per exclude/include/score list")
     max_history_items: int = Field(1000, ge=1, le=100_000, description="items per /recommend/history request")
+    max_request_size: int = Field(1_048_576, ge=1024, le=1 << 30, description="largest request body in bytes")
+    # per-client rate limiting (moving window in Redis, shared by every replica; fails open without Redis)
+    rate_limit: str = Field("100/minute", description="limits-library notation, e.g. 100/minute or 10/second")
+    rate_limit_enabled: bool = True
+    trust_forwarded_for: bool = Field(False, description="key clients by X-Forwarded-For (behind nginx only)")
     # process
     log_level: str = Field("INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     blas_threads: int = Field(1, ge=1, le=256)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from limits import parse_many  # light: imports no Redis client
+
+        try:
+            parsed = parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit like '100/minute': {exc}") from None
+        if len(parsed) != 1:
+            raise ValueError("give exactly one rate limit, like '100/minute'")
+        if parsed[0].amount < 1:
+            raise ValueError("the rate limit must allow at least 1 request (RATE_LIMIT_ENABLED=false turns it off)")
+        return value.strip()
 
     @property
     def redis_url_redacted(self) -> str:

@@ -100,7 +100,9 @@ def _serve_and_query(stack: LocalStack, result, work: Path, cleanup: contextlib.
     redis_proc, redis_url = _start_redis(work)
     cleanup.callback(stop_process, redis_proc)
     port = free_port()
-    serve_env = {**env, "ENABLE_CACHING": "true" if redis_url else "false"}
+    # no Redis: no cache and no rate limiter (both would look for one on the default URL)
+    serve_env = {**env, "ENABLE_CACHING": "true" if redis_url else "false",
+                 "RATE_LIMIT_ENABLED": "true" if redis_url else "false"}
     if redis_url:
         serve_env["REDIS_URL"] = redis_url
     log = (work / "bentoml-serve.log").open("ab")

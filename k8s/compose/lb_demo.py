@@ -43,8 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script: the project's packages (training, service, timbral)
     sys.path.insert(0, str(REPO))
 
-from training.local_stack import free_port  # noqa: E402
-from training.local_stack import stop_process as stop_tree  # noqa: E402
+from training.local_stack import free_port, stop_process  # noqa: E402
 
 NGINX_DIR = REPO / "k8s" / "compose" / "nginx"
 NOBODY = 65534
@@ -149,7 +148,7 @@ class Redis:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        stop_tree(self.proc, grace=5)
+        stop_process(self.proc, grace=5)
 
 
 @dataclass
@@ -216,10 +215,10 @@ class Replica:
     def crash(self) -> None:
         """SIGKILL to the whole process group (supervisor, API and model-service processes): a crash."""
         if self.proc is not None:
-            stop_tree(self.proc, signal.SIGKILL)
+            stop_process(self.proc, sig=signal.SIGKILL)
 
     def stop(self, grace: float = 15.0) -> None:
-        stop_tree(self.proc, signal.SIGTERM, grace)
+        stop_process(self.proc, grace, sig=signal.SIGTERM)
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
@@ -285,7 +284,7 @@ class Nginx:
         return self
 
     def stop(self) -> None:
-        stop_tree(self.proc, signal.SIGQUIT, grace=10)  # graceful: master and workers finish and exit
+        stop_process(self.proc, grace=10, sig=signal.SIGQUIT)  # graceful: master and workers finish and exit
 
     def cleanup(self) -> None:
         if self.prefix is not None:

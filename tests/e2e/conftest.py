@@ -55,7 +55,9 @@ def module_redis(tmp_path_factory):
 def serve_env(tag: str, redis_url: str, **extra: str) -> dict[str, str]:
     env = {"MODEL_TAG": tag, "REDIS_URL": redis_url, "ENABLE_CACHING": "true", "CACHE_TTL": "300",
            "REDIS_TIMEOUT_MS": "50", "MAX_K": "500", "MAX_BATCH_USERS": "100", "MAX_BATCH_SIZE": "64",
-           "MAX_LATENCY_MS": "1000", "LOG_LEVEL": "INFO", "BLAS_THREADS": "1"}
+           "MAX_LATENCY_MS": "1000", "LOG_LEVEL": "INFO", "BLAS_THREADS": "1",
+           # the limiter is on (every request goes through it and Redis) but never trips in these tests
+           "RATE_LIMIT_ENABLED": "true", "RATE_LIMIT": "1000000/minute", "MAX_REQUEST_SIZE": "1048576"}
     env.update(extra)
     return env
 

@@ -44,7 +44,7 @@ def test_build_then_serve_the_bento(bentoml_home, small_model, model_tag, tmp_pa
 
     # a newer model in the store must not change what the built bento serves
     store_model(small_model, bentoml_home, version="99")
-    env = {"ENABLE_CACHING": "false"}
+    env = {"ENABLE_CACHING": "false", "RATE_LIMIT_ENABLED": "false"}  # no Redis for this one
     with BentoServer(tag, bentoml_home, env=env, workdir=tmp_path, log_path=tmp_path / "bento.log") as server:
         resp = httpx.post(f"{server.url}/recommend", json={"user_id": "u1", "k": 3}, timeout=30)
         assert resp.status_code == 200, resp.text

@@ -23,6 +23,7 @@ def stack(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setenv("MODEL_TAG", tag)
     patch.setenv("ENABLE_CACHING", "false")
+    patch.setenv("RATE_LIMIT_ENABLED", "false")  # no Redis here: the limiter's /health ping would look for one
     get_settings.cache_clear()
     BentoMLContainer.model_store.set(ModelStore(home / "models"))
     try:
