@@ -109,3 +109,23 @@ image: setup image-base ## bento of MODEL_TAG (import it first) -> image timbral
 
 test-image: setup image-base ## the image end to end: build, run its entrypoint (read-only root, uid 1034), probe the API
 	$(PY) -m pytest -q -m slow tests/e2e/test_image.py
+
+# --- load test and serving benchmark (loadtest/) --------------------------------------------------------
+# make loadtest                                   # starts a 50k-item model + bento + redis, 64 users, 60 s
+# make loadtest LOADTEST_USERS=200 LOADTEST_DURATION=5m LOADTEST_ARGS="--slo-p99-ms 250 --slo-max-error-rate 0.001"
+# make loadtest LOADTEST_HOST=http://127.0.0.1:3000 LOADTEST_ARGS="--model-dir $$BENTOML_HOME/models/timbral-nmf/<version>"
+# make bench                                      # the serving benchmark, ~20 min -> loadtest/results/<date>.md/.json
+# make bench BENCH_ARGS=--quick                   # tiny sizes, seconds per level (what the e2e test runs)
+LOADTEST_USERS ?= 64
+LOADTEST_SPAWN_RATE ?= 16
+LOADTEST_DURATION ?= 60s
+LOADTEST_HOST ?=
+LOADTEST_ARGS ?=
+BENCH_ARGS ?=
+
+loadtest: setup ## locust against the served bento (LOADTEST_USERS/_SPAWN_RATE/_DURATION/_HOST, LOADTEST_ARGS="--slo-p99-ms 200")
+	$(PY) -m loadtest.run --users $(LOADTEST_USERS) --spawn-rate $(LOADTEST_SPAWN_RATE) \
+	  --run-time $(LOADTEST_DURATION) $(if $(LOADTEST_HOST),--host $(LOADTEST_HOST)) $(LOADTEST_ARGS)
+
+bench: setup ## serving benchmark: core limit, batching on/off, mlflow serve, cache -> loadtest/results/<date>.md (BENCH_ARGS=--quick)
+	$(PY) -m loadtest.bench $(BENCH_ARGS)

@@ -23,7 +23,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from timbral.artifact import load_artifact, save_artifact
 from timbral.interactions import IdMap, Interactions
-from timbral.topk import topk
+from timbral.topk import topk, topk_dot
 from timbral.weighting import Weighting
 
 INITS = ("nndsvd", "nndsvda", "nndsvdar", "random")
@@ -213,6 +213,18 @@ class NMFRecommender:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.item_factors.shape[1]:
             raise ValueError(f"vectors must be b x {self.item_factors.shape[1]}, got {vectors.shape}")
+        if include is None:
+            # the fast path: product and selection fused, the b x n_items score matrix never materialised
+            b = vectors.shape[0]
+            masks = []
+            for name, lists in (("seen", seen), ("exclude", exclude)):
+                if lists is not None:
+                    if len(lists) != b:
+                        raise ValueError(f"{name} must have one entry per row ({b}), got {len(lists)}")
+                    masks.append(lists)
+            if len(masks) == 2:
+                masks = [[np.concatenate([np.asarray(x, dtype=np.int64).reshape(-1) for x in pair]) for pair in zip(*masks, strict=True)]]
+            return topk_dot(vectors, self.item_factors, n, exclude=masks[0] if masks else None)
         scores = vectors @ self.item_factors.T
         return self._select(scores, n, seen, exclude, include)
 
@@ -232,9 +244,7 @@ class NMFRecommender:
     def similar_items(self, item_indices, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Nearest items by cosine similarity of item factors, the item itself excluded."""
         items = self._check_indices(item_indices, self.n_items, "item")
-        scores = self._item_unit[items] @ self._item_unit.T
-        scores[np.arange(items.size), items] = -np.inf
-        return topk(scores, n)
+        return topk_dot(self._item_unit[items], self._item_unit, n, exclude=items[:, None])
 
     def score(self, user_indices, item_indices) -> np.ndarray:
         """Predicted affinity of user ``user_indices[b]`` for each item in row ``item_indices[b]``.
