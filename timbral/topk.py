@@ -49,13 +49,13 @@ def topk(scores: np.ndarray, k: int, *, oversample: float = 4.0, sample_size: in
 
     if _sampled(n_cols, kk, oversample):
         thresholds = _sampled_thresholds(scores, kk, oversample, sample_size)
-        if scores.dtype.kind == "f":
+        if scores.dtype.kind == "f" and n_rows > 1:
             flat = np.flatnonzero(scores >= thresholds[:, None])  # the whole batch in one pass
             rows, cols = np.divmod(flat, n_cols)
             vals = scores.reshape(-1)[flat]
             slow = _take_candidates(rows, cols, vals, thresholds, kk, _cap(n_cols, kk, oversample, sample_size),
                                     out_idx, out_val)
-        else:  # integers: the per-row path (no negation, so unsigned types work)
+        else:  # one row, or integers (no negation, so unsigned types work): the per-row path
             slow = np.arange(n_rows)
         for r in slow.tolist():
             row = scores[r]
