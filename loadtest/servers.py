@@ -14,7 +14,6 @@ batchable and changes nothing else; ``batching_off()`` picks whichever works and
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.e2e.helpers import BentoServer
-from training.local_stack import LocalStack, free_port, stop_process, wait_http
+from training.local_stack import LocalStack, environ, free_port, stop_process, wait_http
 
 BLAS_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -150,7 +149,7 @@ def register_in_mlflow(model, stack: LocalStack, name: str = "timbral-nmf") -> R
     from training import tracking
 
     env = stack.client_env()
-    with _environ(env):
+    with environ(env):
         mlflow.set_tracking_uri(stack.tracking_uri)
         mlflow.set_experiment("loadtest")
         with mlflow.start_run(run_name="loadtest-peer"), tempfile.TemporaryDirectory() as tmp:
@@ -159,15 +158,3 @@ def register_in_mlflow(model, stack: LocalStack, name: str = "timbral-nmf") -> R
     return Registered(f"models:/{name}/{info.registered_model_version}", env)
 
 
-@contextlib.contextmanager
-def _environ(values: dict[str, str]):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

@@ -191,7 +191,7 @@ class LocalStack:
         try:
             self.s3_port = self.s3_port or free_port()
             self._procs.append(start_moto(self.s3_port, self.workdir / "moto.log"))
-            with _env(LOCAL_AWS):
+            with environ(LOCAL_AWS, override=False):
                 create_bucket(self.s3_endpoint, self.bucket)
             self.mlflow_port = self.mlflow_port or free_port()
             backend = self.backend_store_uri
@@ -222,9 +222,13 @@ class LocalStack:
 
 
 @contextlib.contextmanager
-def _env(values: dict[str, str]):
+def environ(values: dict[str, str], override: bool = True):
+    """Set environment variables for a block and restore the previous values afterwards.
+
+    With ``override=False`` a variable that is already set keeps its value (``values`` are defaults).
+    """
     old = {k: os.environ.get(k) for k in values}
-    os.environ.update({k: os.environ.get(k) or v for k, v in values.items()})
+    os.environ.update(values if override else {k: os.environ.get(k) or v for k, v in values.items()})
     try:
         yield
     finally:

@@ -41,23 +41,15 @@ def registered(local_stack, tmp_path_factory):
 
     from timbral.nmf import NMFParams
     from training.generate import write_listens
+    from training.local_stack import environ
     from training.pipeline import TrainConfig, run_training
 
-    saved = {k: os.environ.get(k) for k in local_stack.client_env()}
-    os.environ.update(local_stack.client_env())
     mlflow.set_tracking_uri(local_stack.tracking_uri)
-    try:
+    with environ(local_stack.client_env()):
         data = tmp_path_factory.mktemp("listens") / "listens.parquet"
         write_listens(data, n_users=300, n_items=400, n_interactions=8_000, seed=5)
-        result = run_training(TrainConfig(data=str(data), model_name=MODEL, experiment="importer",
-                                          params=NMFParams(n_components=8, max_iter=40), promote="always"))
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    return result
+        return run_training(TrainConfig(data=str(data), model_name=MODEL, experiment="importer",
+                                        params=NMFParams(n_components=8, max_iter=40), promote="always"))
 
 
 @pytest.fixture
