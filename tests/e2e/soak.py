@@ -31,6 +31,7 @@ from pathlib import Path  # noqa: E402
 
 import psutil  # noqa: E402
 
+from loadtest.servers import server_pids  # noqa: E402
 from tests.e2e.conftest import serve_env  # noqa: E402
 from tests.e2e.helpers import BentoServer, fit_small_model, store_model  # noqa: E402
 from tests.e2e.load import open_loop, summary  # noqa: E402
@@ -61,19 +62,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 def tree_rss(root_pid: int) -> dict[str, float]:
     """RSS in MiB of ``bentoml serve`` and its children: total, the API worker(s), the model worker(s)."""
     out = {"total": 0.0, "api": 0.0, "model": 0.0}
-    try:
-        root = psutil.Process(root_pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return out
-    for proc in procs:
-        try:
-            rss, cmd = proc.memory_info().rss / MB, proc.cmdline()
-        except psutil.Error:
-            continue
-        out["total"] += rss
-        if "_bentoml_impl.worker.service" in cmd:
-            out["model" if "TimbralModel" in cmd else "api"] += rss
+    for role, pids in server_pids(root_pid).items():
+        for pid in pids:
+            try:
+                rss = psutil.Process(pid).memory_info().rss / MB
+            except psutil.Error:
+                continue
+            out["total"] += rss
+            if role in out:
+                out[role] += rss
     return {k: round(v, 1) for k, v in out.items()}
 
 
