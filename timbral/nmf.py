@@ -38,7 +38,7 @@ class NMFParams:
     """The knobs that matter. Defaults were chosen from measured ranking quality (see README)."""
 
     n_components: int = 32
-    weighting: str = "bm25"
+    weighting: str = "binary"
     init: str = "nndsvda"
     solver: str = "cd"
     beta_loss: str = "frobenius"

@@ -68,7 +68,7 @@ def model() -> NMFRecommender:
 
 
 CONFIGS = [
-    {},  # defaults: bm25, nndsvda, cd
+    {},  # defaults: binary, nndsvda, cd
     {"weighting": "raw", "init": "nndsvd"},
     {"weighting": "binary", "init": "nndsvdar"},
     {"weighting": "log1p", "solver": "mu", "max_iter": 400},
@@ -317,7 +317,10 @@ def test_fold_in_of_an_empty_history_is_a_zero_vector(model):
     np.testing.assert_array_equal(out[0], model.fold_in([items[0]], [values[0]])[0])
     np.testing.assert_array_equal(out[2], model.fold_in([items[5]], [values[5]])[0])
     assert (out[0] > 0).any()
-    assert (model.fold_in([[1, 2]], [[0.0, 0.0]]) == 0).all()  # zero plays weigh nothing
+    # a stored zero is an interaction: binary weighting (the default) counts it, as it does in training;
+    # under a value-based weighting zero plays weigh nothing
+    np.testing.assert_array_equal(model.fold_in([[1, 2]], [[0.0, 0.0]]), model.fold_in([[1, 2]]))
+    assert (fit(weighting="log1p").fold_in([[1, 2]], [[0.0, 0.0]]) == 0).all()
     assert model.fold_in([]).shape == (0, model.user_factors.shape[1])
 
 

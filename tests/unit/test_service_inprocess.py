@@ -63,7 +63,8 @@ def test_model_service_other_methods(stack):
     assert ranked.shape == (2, 2) and set(ranked[:, 0].astype(int)) <= {3, 5, 9}
     assert model_svc.score(user_index=1, item_indices=[5, -1])[1] is None
     assert model_svc.fold_in(item_indices=[1, 2], values=[3.0, 1.0], n=4).shape == (4, 2)
-    assert model_svc.fold_in(item_indices=[1], values=[0.0], n=4).shape == (0, 2)  # no signal → caller falls back
+    # no signal → caller falls back (an empty history: under binary weighting, the default, a 0 is a listen)
+    assert model_svc.fold_in(item_indices=[], values=[], n=4).shape == (0, 2)
 
 
 def test_api_recommend_known_and_unknown_users(stack):
