@@ -6,10 +6,8 @@
 * the peer: ``mlflow models serve`` of the same model, logged and registered in a local MLflow (moto S3 +
   ``mlflow server``, ``training.local_stack.LocalStack``).
 
-"Batching off" is the same bento with one request per model call. BentoML refuses ``max_batch_size=1`` on a
-batchable API and ``service.settings`` refuses ``MAX_BATCH_SIZE=1``, so until the service maps 1 to "not
-batchable" the bento is served through ``loadtest.unbatched``, which marks the two batchable model APIs not
-batchable and changes nothing else; ``batching_off()`` picks whichever works and says which.
+"Batching off" is the same bento with ``MAX_BATCH_SIZE=1``: one request per model call, no coalescing in the API
+and no adaptive batching in the model service.
 """
 
 from __future__ import annotations
@@ -43,18 +41,9 @@ def serve_env(tag: str, *, redis_url: str = "redis://127.0.0.1:1/0", cache: bool
 
 
 def batching_off() -> tuple[str, dict[str, str], str]:
-    """``(serve target, env, note)`` for the bento with adaptive batching off (one request per model call)."""
-    from pydantic import ValidationError
-
-    from service.settings import Settings
-
-    try:
-        Settings(max_batch_size=1)
-    except ValidationError:
-        return ("loadtest.unbatched:Timbral", {},
-                "BentoML refuses max_batch_size=1 on a batchable API, and service.settings refuses MAX_BATCH_SIZE=1; "
-                "served through loadtest.unbatched: the model service's recommend/similar APIs marked not batchable")
-    return "service:Timbral", {"MAX_BATCH_SIZE": "1"}, "MAX_BATCH_SIZE=1 (the service serves it unbatched)"
+    """``(serve target, env, note)`` for the bento with batching off (one request per model call)."""
+    return ("service:Timbral", {"MAX_BATCH_SIZE": "1"},
+            "MAX_BATCH_SIZE=1: the model's row APIs not batchable, and the API does not coalesce")
 
 
 def start_bento(bentoml_home: Path, tag: str, *, batching: bool = True, cache: bool = False,

@@ -8,8 +8,7 @@ just those items. Unknown users get the most popular items (``strategy: "popular
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from service.cache import ResponseCache
 from service.catalog import Catalog
 from service.logs import annotate
 from service.metrics import count_strategy
+from service.model_client import ModelClient
 from service.schemas import (
     BatchRecommendRequest,
     HistoryRequest,
@@ -33,34 +33,6 @@ class NotFoundError(LookupError):
     def __init__(self, message: str, field: str) -> None:
         super().__init__(message)
         self.message, self.field = message, field
-
-
-class ModelClient:
-    """Calls the model service: a BentoML RemoteProxy when served, the service instance when in-process.
-
-    One retry after a 503 ("process is overloaded" from the adaptive batcher), which a burst can trigger, or after
-    a dropped connection (a model worker died, or closed a kept-alive connection as we wrote to it): model calls
-    are reads, so repeating one is safe, and a new connection waits for the respawned worker. A model service
-    still unreachable after that is a 503 (not a 500), which a load balancer retries on another replica.
-    """
-
-    def __init__(self, get_model: Callable[[], Any], retries: int = 1) -> None:
-        self._get_model, self.retries = get_model, retries
-
-    async def call(self, method: str, **kwargs: Any) -> Any:
-        from aiohttp import ClientConnectionError
-        from bentoml.exceptions import ServiceUnavailable
-
-        for attempt in range(self.retries + 1):
-            try:
-                return await getattr(self._get_model().to_async, method)(**kwargs)
-            except (ServiceUnavailable, ClientConnectionError) as exc:
-                if attempt == self.retries:
-                    if isinstance(exc, ClientConnectionError):
-                        raise ServiceUnavailable(f"model service unreachable: {type(exc).__name__}") from exc
-                    raise
-                await asyncio.sleep(0.05 * (attempt + 1))
-        raise AssertionError("unreachable")
 
 
 class Answerer:
@@ -114,7 +86,7 @@ class Answerer:
             items, scores = cat.popular(k, exclude)
         else:
             rows = np.array([[u, k + len(exclude), int(req.exclude_seen)]], dtype=np.int64)
-            items, scores = _columns((await self.model.call("recommend", rows=rows))[0], exclude, k)
+            items, scores = _columns((await self.model.rows("recommend", rows))[0], exclude, k)
         strategy = PERSONALIZED if u >= 0 else POPULAR
         count_strategy("recommend", strategy)
         return {"user_id": cat.users.external(u) if u >= 0 else req.user_id, "items": self._items(items, scores),
@@ -137,7 +109,7 @@ class Answerer:
             fresh: dict[int, dict[str, Any]] = {}
             if known:
                 rows = np.array([[u, k, int(req.exclude_seen)] for _, u in known], dtype=np.int64)
-                answers = await self.model.call("recommend", rows=rows)
+                answers = await self.model.rows("recommend", rows)
                 for (j, u), arr in zip(known, answers, strict=True):
                     items, scores = _columns(arr)
                     fresh[j] = {"user_id": cat.users.external(u), "items": self._items(items, scores),
@@ -188,7 +160,7 @@ class Answerer:
 
         async def compute():
             rows = np.array([[i, req.k]], dtype=np.int64)
-            items, scores = _columns((await self.model.call("similar", rows=rows))[0])
+            items, scores = _columns((await self.model.rows("similar", rows))[0])
             return {"item_id": cat.items.external(i), "items": self._items(items, scores),
                     "model_version": cat.version}
 

@@ -9,6 +9,8 @@ count in a registry that ``/metrics`` never reads.
 * ``timbral_recommendations_total{endpoint, strategy}`` — answers by strategy: personalized, or the popular
   fallback.
 * ``timbral_responses_total{endpoint, status}`` — every answer of our endpoints by HTTP status code.
+* ``timbral_model_call_rows{method}`` — histogram of rows per API→model call: how well concurrent requests
+  were coalesced (``service.model_client``) before the model service's own adaptive batching.
 * ``timbral_rate_limit_total{result}`` — rate-limit decisions: allowed, limited, failing-open (Redis unusable,
   request let through).
 """
@@ -27,7 +29,7 @@ def metrics() -> SimpleNamespace:
     if _metrics is None:
         with _lock:
             if _metrics is None:
-                from prometheus_client import Counter
+                from prometheus_client import Counter, Histogram
 
                 _metrics = SimpleNamespace(
                     cache=Counter("timbral_cache_requests", "Cache lookups by endpoint and result",
@@ -37,6 +39,8 @@ def metrics() -> SimpleNamespace:
                     responses=Counter("timbral_responses", "HTTP answers by endpoint and status",
                                       ["endpoint", "status"]),
                     rate_limit=Counter("timbral_rate_limit", "Rate-limit decisions by result", ["result"]),
+                    call_rows=Histogram("timbral_model_call_rows", "Rows per API-to-model call", ["method"],
+                                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)),
                 )
     return _metrics
 
@@ -57,3 +61,7 @@ def count_response(endpoint: str, status: int) -> None:
 
 def count_rate_limit(result: str) -> None:
     metrics().rate_limit.labels(result=result).inc()
+
+
+def observe_model_call(method: str, rows: int) -> None:
+    metrics().call_rows.labels(method=method).observe(rows)

@@ -12,6 +12,9 @@ Settings that shape it (read once, at class definition, because BentoML's decora
 * ``runner_connection``: the API→model client otherwise replaces its pooled HTTP session every 100 requests
   while others are in flight ("Connector is closed" 500s under concurrency); effectively never here.
 * BentoML's plain-text access log is off: the API service writes one JSON line per request instead.
+* JSON only: the API service calls it with ``application/json`` (``service.model_client``); a pickled body
+  (BentoML's default between services) is refused with 415 by :class:`RefusePickle`, so nothing that reaches
+  this process's socket is ever unpickled.
 * ``MAX_BATCH_SIZE`` / ``MAX_LATENCY_MS``: the dispatcher cancels requests it predicts will miss the latency
   budget with 503, so the default budget (1 s) is generous; the API retries one 503.
 """
@@ -28,6 +31,10 @@ from service.settings import get_settings
 
 log = logging.getLogger("timbral.service")
 _S = get_settings()
+# MAX_BATCH_SIZE=1 turns batching off: BentoML refuses max_batch_size=1 on a batchable API, so the row APIs are
+# then plain ones (one caller's rows per call; the API service stops coalescing too)
+BATCHING = ({"batchable": True, "max_batch_size": _S.max_batch_size, "max_latency_ms": _S.max_latency_ms}
+            if _S.max_batch_size > 1 else {})
 RUNNER_CONNECTION = {"max_requests": 1_000_000_000, "max_age": 10.0 * 365 * 24 * 3600}
 
 
@@ -51,6 +58,25 @@ def _rows_out(items: np.ndarray, scores: np.ndarray, wanted: np.ndarray) -> list
         keep = idx >= 0
         out.append(np.stack([idx[keep].astype(np.float64), val[keep].astype(np.float64)], axis=1))
     return out
+
+
+class RefusePickle:
+    """ASGI middleware: 415 for a request body in BentoML's pickle format (``application/vnd.bentoml+pickle``)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", ()):
+                if name.lower() == b"content-type" and b"pickle" in value.lower():
+                    body = b'{"error": "pickled request bodies are refused; send application/json"}'
+                    await send({"type": "http.response.start", "status": 415,
+                                "headers": [(b"content-type", b"application/json"),
+                                            (b"content-length", str(len(body)).encode())]})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+        await self.app(scope, receive, send)
 
 
 def stored_model(service):
@@ -99,7 +125,7 @@ class TimbralModel:
     def __is_ready__(self) -> bool:
         return self.model is not None
 
-    @bentoml.api(batchable=True, max_batch_size=_S.max_batch_size, max_latency_ms=_S.max_latency_ms)
+    @bentoml.api(**BATCHING)
     def recommend(self, rows: np.ndarray) -> list[np.ndarray]:
         """rows: b × 3 ints ``[user index, n, exclude_seen]`` → per row ``n × 2`` ``[item index, score]``."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
@@ -113,7 +139,7 @@ class TimbralModel:
         items, scores = m.recommend_vectors(m.user_factors[users], int(wanted.max()), seen=seen)
         return _rows_out(items, scores, wanted)
 
-    @bentoml.api(batchable=True, max_batch_size=_S.max_batch_size, max_latency_ms=_S.max_latency_ms)
+    @bentoml.api(**BATCHING)
     def similar(self, rows: np.ndarray) -> list[np.ndarray]:
         """rows: b × 2 ints ``[item index, n]`` → per row ``n × 2`` ``[item index, cosine similarity]``."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
@@ -160,3 +186,10 @@ class TimbralModel:
             return np.zeros((0, 2))
         items, scores = m.recommend_vectors(vector, n, seen=[item_indices])
         return _rows_out(items, scores, np.array([n]))[0]
+
+
+TimbralModel.add_asgi_middleware(RefusePickle)
+for _api in TimbralModel.apis.values():
+    # BentoML otherwise derives each answer's media type from the output's JSON schema, built anew per response
+    # (~9 % of the model process's CPU under load); every output here is JSON
+    _api.output_spec.media_type = "application/json"

@@ -9,8 +9,9 @@ Errors: invalid input → 400 with ``detail[].loc`` naming the field and ``msg``
 errors); unknown item for /similar-items → 404; a body that is not JSON → 415; a body over MAX_REQUEST_SIZE →
 413; a client over RATE_LIMIT → 429 with Retry-After (``service.guard``). Redis never causes an error.
 
-``workers=1``: the API process does id mapping, JSON and Redis I/O asynchronously, so one worker keeps a core
-busy; on a 2-core machine the other core belongs to the model service.
+``workers=API_WORKERS`` (default 2): the API processes do HTTP, JSON, id mapping and Redis I/O, most of a
+request's CPU; the model service (one worker) scores the rows each API worker coalesces
+(``service.model_client``).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI
 from starlette.responses import JSONResponse
 
-from service.answers import Answerer, ModelClient, NotFoundError
+from service.answers import Answerer, NotFoundError
 from service.cache import ResponseCache
 from service.catalog import Catalog
 from service.guard import GuardMiddleware, RateLimiter
 from service.logs import RequestMiddleware, configure_logging
+from service.model_client import ModelClient, model_proxy
 from service.model_service import TimbralModel, stored_model
 from service.schemas import (
     BatchRecommendRequest,
@@ -52,7 +54,7 @@ GET_ROUTES = ("/model", "/ping", "/health")
 ops = FastAPI(title="Timbral operations", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-@bentoml.service(name="Timbral", workers=1, traffic={"timeout": 30}, logging={"access": {"enabled": False}})
+@bentoml.service(name="Timbral", workers=_S.api_workers, traffic={"timeout": 30}, logging={"access": {"enabled": False}})
 @bentoml.asgi_app(ops, path="/")
 class Timbral:
     """Music recommendations: personalized top-k, popularity fallback, fold-in, similar items, scores."""
@@ -67,7 +69,10 @@ class Timbral:
         self.catalog = Catalog.load(stored.path, str(stored.tag), dict(stored.info.labels))
         self.cache = ResponseCache.from_settings(settings)
         self.limiter = RateLimiter.from_settings(settings, self.cache)
-        self.answers = Answerer(self.catalog, ModelClient(lambda: self.model), self.cache)
+        # JSON to the model process when it is one (``bentoml serve``), else the in-process instance
+        self.model_client = ModelClient(lambda: model_proxy(TimbralModel) or self.model,
+                                        max_rows=settings.max_batch_size, in_flight=settings.model_calls_in_flight)
+        self.answers = Answerer(self.catalog, self.model_client, self.cache)
 
     def __is_ready__(self) -> bool:
         return self.catalog is not None
@@ -76,6 +81,7 @@ class Timbral:
     async def _close(self) -> None:
         await self.limiter.close()
         await self.cache.close()
+        await self.model_client.close()
 
     async def health(self) -> dict[str, Any]:
         redis = await self.cache.status()

@@ -24,10 +24,12 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     enable_caching: bool = True
     cache_ttl: int = Field(300, ge=1, description="seconds a cached answer lives")
-    redis_timeout_ms: int = Field(50, ge=1, le=60_000, description="timeout of every Redis call")
+    redis_timeout_ms: int = Field(250, ge=1, le=60_000, description="timeout of every Redis call")
     # adaptive batching of the model service
-    max_batch_size: int = Field(64, ge=2, le=4096)
+    max_batch_size: int = Field(64, ge=1, le=4096, description="1 turns batching off (API and model service)")
     max_latency_ms: int = Field(1000, ge=1)
+    # the API coalesces concurrent rows into one model call while this many calls are outstanding
+    model_calls_in_flight: int = Field(2, ge=1, le=64)
     # request limits
     max_k: int = Field(500, ge=1, le=100_000)
     max_batch_users: int = Field(100, ge=1, le=10_000)
@@ -39,6 +41,7 @@ class Settings(BaseSettings):
     rate_limit_enabled: bool = True
     trust_forwarded_for: bool = Field(False, description="key clients by X-Forwarded-For (behind nginx only)")
     # process
+    api_workers: int = Field(2, ge=1, le=64, description="API service worker processes")
     log_level: str = Field("INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     blas_threads: int = Field(1, ge=1, le=256)
 

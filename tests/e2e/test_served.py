@@ -217,9 +217,32 @@ def test_concurrent_requests_are_batched_and_counted(served):
     count = _metric(text, f"{hist}_count", method_name="recommend")
     single = _metric(text, f"{hist}_bucket", method_name="recommend", le="1.0")
     assert count > 0 and count > single, "no batch of more than one request was formed"
+    calls = _metric(text, "timbral_model_call_rows_count", method="recommend")
+    rows = _metric(text, "timbral_model_call_rows_sum", method="recommend")
+    assert 0 < calls < rows, "the API never sent concurrent rows to the model in one call"
     assert _metric(text, "timbral_cache_requests_total", endpoint="recommend") >= 200
     assert _metric(text, "timbral_recommendations_total", endpoint="recommend", strategy="personalized") > 0
     assert _metric(text, "timbral_responses_total", endpoint="/recommend", status="200") >= 200
+
+
+def test_the_model_process_takes_json_and_refuses_pickle_on_its_socket(served):
+    """The API→model hop is JSON: the model worker's own socket answers JSON rows and refuses a pickled body."""
+    import pickle
+
+    import psutil
+
+    from loadtest.servers import server_pids
+
+    model_pid = server_pids(served.proc.pid)["model"][0]
+    sockets = {c.laddr for c in psutil.Process(model_pid).net_connections(kind="unix") if c.laddr}
+    assert len(sockets) == 1, sockets
+    transport = httpx.HTTPTransport(uds=sockets.pop())
+    with httpx.Client(transport=transport, base_url="http://model") as client:
+        ok = client.post("/recommend", json={"rows": [[0, 3, 1]]})
+        assert ok.status_code == 200 and np.asarray(ok.json()).shape == (1, 3, 2)
+        refused = client.post("/recommend", content=pickle.dumps({"rows": [[0, 3, 1]]}),
+                              headers={"content-type": "application/vnd.bentoml+pickle"})
+        assert refused.status_code == 415 and "pickled" in refused.json()["error"]
 
 
 def test_burst_of_2000_requests_at_64_connections_all_answered(served):
