@@ -186,7 +186,7 @@ class GuardMiddleware:
                 return await self._too_large(send, "streamed")
             except _Disconnected:
                 return None  # nobody left to answer
-            receive = _replay(body, receive)
+            receive = replay_body(body, receive)
         await self.app(scope, receive, _routing_errors_as_json(send, scope))
 
     async def _read_body(self, receive) -> bytes:
@@ -215,7 +215,8 @@ class _Disconnected(Exception):
         self.message = message
 
 
-def _replay(body: bytes, receive):
+def replay_body(body: bytes, receive):
+    """A ``receive`` that gives ``body`` (already read) first, then whatever the client sends next."""
     sent = False
 
     async def replay():

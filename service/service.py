@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse
 
 from service.answers import Answerer, NotFoundError
 from service.cache import ResponseCache
+from service.cache_front import CachedAnswers
 from service.catalog import Catalog
 from service.guard import GuardMiddleware, RateLimiter
 from service.logs import RequestMiddleware, configure_logging
@@ -130,6 +131,14 @@ def _service() -> Timbral:
     return bentoml.get_current_service()
 
 
+def _front() -> tuple[ResponseCache, str] | None:
+    try:
+        svc = _service()
+    except BentoMLException:  # no service instance yet
+        return None
+    return svc.cache, svc.catalog.cache_namespace
+
+
 def _limiter() -> RateLimiter | None:
     try:
         return _service().limiter
@@ -141,6 +150,7 @@ def _limiter() -> RateLimiter | None:
 Timbral.add_asgi_middleware(RequestMiddleware, json_paths=POST_ROUTES, known_paths=GET_ROUTES)
 Timbral.add_asgi_middleware(GuardMiddleware, max_body=_S.max_request_size, limiter=_limiter,
                             trust_forwarded_for=_S.trust_forwarded_for)
+Timbral.add_asgi_middleware(CachedAnswers, get_front=_front)  # repeated bodies answered before routing
 
 
 @ops.get("/model", response_model=ModelInfo, summary="The served model: registry version, run, metrics, size")
