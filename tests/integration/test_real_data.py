@@ -35,7 +35,7 @@ def test_default_nmf_beats_popularity_by_half_on_movielens(movielens):
 
 
 def test_default_nmf_is_at_least_implicit_als_on_movielens(movielens):
-    pytest.importorskip("implicit")
+    # implicit comes with `make setup` (the bench extra): this test is never skipped
     from training.bench import quality
 
     rows = quality(movielens)
