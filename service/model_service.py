@@ -113,6 +113,7 @@ class TimbralModel:
 
     def __init__(self) -> None:
         from service.logs import configure_logging
+        from service.pauses import steady_worker
         from timbral.nmf import NMFRecommender
 
         settings = get_settings()
@@ -121,6 +122,7 @@ class TimbralModel:
         stored = stored_model(TimbralModel)
         self.model = NMFRecommender.load(stored.path)
         log.info("model service loaded %s (%d users, %d items)", stored.tag, self.model.n_users, self.model.n_items)
+        steady_worker()  # garbage-collection pauses out of the latency tail (service/pauses.py)
 
     def __is_ready__(self) -> bool:
         return self.model is not None

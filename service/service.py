@@ -31,6 +31,7 @@ from service.guard import GuardMiddleware, RateLimiter
 from service.logs import RequestMiddleware, configure_logging
 from service.model_client import ModelClient, model_proxy
 from service.model_service import TimbralModel, stored_model
+from service.pauses import steady_worker
 from service.schemas import (
     BatchRecommendRequest,
     BatchRecommendResponse,
@@ -74,6 +75,7 @@ class Timbral:
         self.model_client = ModelClient(lambda: model_proxy(TimbralModel) or self.model,
                                         max_rows=settings.max_batch_size, in_flight=settings.model_calls_in_flight)
         self.answers = Answerer(self.catalog, self.model_client, self.cache)
+        steady_worker()  # garbage-collection pauses out of the latency tail (service/pauses.py)
 
     def __is_ready__(self) -> bool:
         return self.catalog is not None
