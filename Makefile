@@ -60,7 +60,7 @@ real-data: setup ## fetch real data for bench-train into data/real/ (MovieLens 1
 	$(PY) -m training.realdata
 
 bench-train: setup real-data ## training benchmark: fit time/peak memory by size; quality vs popularity and implicit ALS, generated and real data
-	$(PY) -m training.bench
+	$(PY) -m training.bench $(BENCH_TRAIN_ARGS)
 
 # --- deployment: k8s/, mlflow/, k8s/compose/ ------------------------------------------------------
 K8S_VERSION ?= 1.32.0

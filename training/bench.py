@@ -88,6 +88,7 @@ def quality(data, ks=(10,)) -> list[dict]:
     for row in rows:
         row["implicit_version"] = implicit.__version__
         row["test_users"] = int(users.size)
+        row["split"] = split.strategy
     return rows
 
 
@@ -121,6 +122,9 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     ap.add_argument("--quality-size", type=int, default=1_000_000)
     ap.add_argument("--real", default=",".join(REAL), help="real data sets for the quality table ('' for none)")
+    ap.add_argument("--data", action="append", default=[], metavar="FILE",
+                    help="also a file of yours (any format `timbral train --data` reads, e.g. Last.fm's "
+                         "user_artists.dat): the same quality table; repeatable")
     args = ap.parse_args(argv)
     if args.child_fit:
         print(json.dumps(child_fit(args.child_fit)))
@@ -153,6 +157,17 @@ def main(argv=None) -> None:
             continue
         print(f"Source: {origin}.\n{data.n_users:,} users × {data.n_items:,} items, {data.nnz:,} interactions.\n")
         print_quality(quality(data))
+    for path in args.data:
+        from training.readers import read_interactions
+        from training.validate import to_interactions
+
+        raw = read_interactions(path)
+        data = to_interactions(raw)
+        print(f"\n## Quality on {path} (read as `{raw.fmt}`), the same models\n")
+        print(f"{data.n_users:,} users × {data.n_items:,} items, {data.nnz:,} interactions.\n")
+        rows_file = quality(data)
+        print(f"Split: {rows_file[0]['split']} (20 % of each user's items held out).\n")
+        print_quality(rows_file)
     print(f"\nimplicit {rows[0]['implicit_version']}; ALS at 64 factors, 15 iterations, default regularisation.")
 
 
