@@ -33,7 +33,7 @@ class Coalescer:
     most ``max_rows`` rows unless a single caller brings more. A failed call fails every caller in it.
     """
 
-    def __init__(self, call: Callable[[Rows], Awaitable[list[Any]]], max_rows: int = 64, in_flight: int = 2) -> None:
+    def __init__(self, call: Callable[[Rows], Awaitable[list[Any]]], max_rows: int = 64, in_flight: int = 1) -> None:
         if max_rows < 1 or in_flight < 1:
             raise ValueError("max_rows and in_flight must be at least 1")
         self._call, self.max_rows, self.in_flight = call, max_rows, in_flight
@@ -99,7 +99,7 @@ class ModelClient:
     ``rows(method, rows)`` goes through a :class:`Coalescer` per method; ``call`` is one call as it is.
     """
 
-    def __init__(self, get_model: Callable[[], Any], retries: int = 1, max_rows: int = 64, in_flight: int = 2) -> None:
+    def __init__(self, get_model: Callable[[], Any], retries: int = 1, max_rows: int = 64, in_flight: int = 1) -> None:
         self._get_model, self.retries = get_model, retries
         self.max_rows, self.in_flight = max_rows, in_flight
         self._model: Any = None

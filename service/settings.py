@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, ge=1, le=4096, description="1 turns batching off (API and model service)")
     max_latency_ms: int = Field(1000, ge=1)
     # the API coalesces concurrent rows into one model call while this many calls are outstanding
-    model_calls_in_flight: int = Field(2, ge=1, le=64)
+    model_calls_in_flight: int = Field(1, ge=1, le=64)
     # request limits
     max_k: int = Field(500, ge=1, le=100_000)
     max_batch_users: int = Field(100, ge=1, le=10_000)

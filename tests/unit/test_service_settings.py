@@ -39,7 +39,7 @@ def test_defaults(clean_env):
         "timbral-nmf:latest", "redis://127.0.0.1:6379/0", True, 300, 250)
     assert (s.max_batch_size, s.max_latency_ms, s.max_k, s.max_batch_users, s.log_level, s.blas_threads) == (
         64, 1000, 500, 100, "INFO", 1)
-    assert (s.api_workers, s.model_calls_in_flight) == (2, 2)
+    assert (s.api_workers, s.model_calls_in_flight) == (2, 1)
 
 
 def test_environment_and_dotenv(clean_env, tmp_path):
