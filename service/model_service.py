@@ -7,8 +7,8 @@ Its callers are the API service (``service.service.Timbral``) through ``bentoml.
 Settings that shape it (read once, at class definition, because BentoML's decorators need them there):
 
 * ``workers=1``: adaptive batching happens per worker, so one worker forms the largest batches and holds one
-  copy of the factors; with ``BLAS_THREADS=1`` it uses one core and leaves the other to the API process on a
-  2-core machine. Scale out with replicas, or raise ``BLAS_THREADS`` for large catalogs.
+  copy of the factors; with ``BLAS_THREADS=1`` it uses at most one core and leaves the rest to the API workers
+  (``API_WORKERS``). Scale out with replicas, or raise ``BLAS_THREADS`` for large catalogs.
 * ``runner_connection``: the API→model client otherwise replaces its pooled HTTP session every 100 requests
   while others are in flight ("Connector is closed" 500s under concurrency); effectively never here.
 * BentoML's plain-text access log is off: the API service writes one JSON line per request instead.
