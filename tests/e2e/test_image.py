@@ -25,12 +25,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.settings import Settings
 from tests.e2e.helpers import REPO
 from training.local_stack import free_port
 
 BENTO_UID = 1034
 READY_TIMEOUT = 180.0
 CACHE_TAG = "localhost/timbral-e2e:layer-cache"
+API_WORKERS = Settings.model_fields["api_workers"].default  # the container sets no API_WORKERS
 
 
 def ensure_tools() -> None:
@@ -222,7 +224,8 @@ def test_image_serves_with_its_own_entrypoint(built_image, tmp_path):
         # non-root: the server and its workers run as the image's bentoml user
         server = container.server_pid()
         workers = [pid for pid in descendants(server) if "_bentoml_impl.worker" in cmdline(pid)]
-        assert len(workers) == 2, [cmdline(pid) for pid in descendants(server)]
+        names = sorted(cmdline(pid).split("--service-name ")[1].split()[0] for pid in workers)
+        assert names == ["Timbral"] * API_WORKERS + ["TimbralModel"], [cmdline(pid) for pid in descendants(server)]
         assert {uid_of(pid) for pid in [server, *workers]} == {BENTO_UID}
         # the model came from the bento inside the image; BentoML wrote only to the writable /tmp
         assert "serving timbral-nmf:" in container.log_tail(20000)
