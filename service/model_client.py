@@ -38,6 +38,7 @@ class Coalescer:
             raise ValueError("max_rows and in_flight must be at least 1")
         self._call, self.max_rows, self.in_flight = call, max_rows, in_flight
         self._pending: list[tuple[Rows, asyncio.Future]] = []
+        self._tasks: set[asyncio.Task] = set()  # the event loop keeps only weak references to tasks
         self._running = 0
         self.calls = 0  # model calls made (for tests and the benchmark's reading)
 
@@ -61,7 +62,9 @@ class Coalescer:
                 n += len(rows)
             if take:
                 self._running += 1
-                asyncio.get_running_loop().create_task(self._run(take))
+                task = asyncio.get_running_loop().create_task(self._run(take))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _run(self, take: list[tuple[Rows, asyncio.Future]]) -> None:
         try:
