@@ -102,17 +102,25 @@ def promotion_lock(client: MlflowClient, name: str, timeout: float = 120.0, leas
     """Hold the registered model's promotion lease (see the module docstring)."""
     token = uuid.uuid4().hex
     deadline = time.monotonic() + timeout
+    refused: MlflowException | None = None
     while True:
         holder = (client.get_registered_model(name).tags or {}).get(LOCK_TAG, "")
         owner, _, expiry = holder.partition(" ")
         if not owner or float(expiry or 0) < time.time():
-            client.set_registered_model_tag(name, LOCK_TAG, f"{token} {time.time() + lease:.3f}")
-            time.sleep(settle)
-            if (client.get_registered_model(name).tags or {}).get(LOCK_TAG, "").startswith(token):
-                break
+            try:
+                client.set_registered_model_tag(name, LOCK_TAG, f"{token} {time.time() + lease:.3f}")
+            except MlflowException as exc:
+                # two writers inserting the tag at once: the store's unique key refuses one (seen with sqlite:
+                # "UNIQUE constraint failed: registered_model_tags…"). The other writer got there: wait, look again.
+                refused = exc
+            else:
+                time.sleep(settle)
+                if (client.get_registered_model(name).tags or {}).get(LOCK_TAG, "").startswith(token):
+                    break
         if time.monotonic() > deadline:
+            last = f"; the last attempt to take it failed: {refused}" if refused else ""
             raise RegistryError(f"model '{name}': promotion lock held by another writer for {timeout:.0f}s "
-                                f"(tag {LOCK_TAG}={holder!r}); retry, or delete the tag if that writer died")
+                                f"(tag {LOCK_TAG}={holder!r}){last}; retry, or delete the tag if that writer died")
         time.sleep(random.uniform(0.1, 0.4))
     try:
         yield
