@@ -175,6 +175,10 @@ class ResponseCache(RedisLink):
     def key(self, namespace: str, endpoint: str, request: Any) -> str:
         return f"{self.prefix}:{namespace}:{endpoint}:{request_digest(request)}"
 
+    def body_key(self, namespace: str, path: str, body: bytes) -> str:
+        """The key of a raw request body's stored answer (``service.cache_front``)."""
+        return f"{self.prefix}:{namespace}:body:{path}:{hashlib.sha256(body).hexdigest()}"
+
     # -------------------------------------------------------------------------------------- public API
     async def get(self, key: str, endpoint: str = "") -> dict | None:
         return (await self.get_many([key], endpoint))[0]

@@ -17,12 +17,11 @@ Caching off (``ENABLE_CACHING=false``) turns this off too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
 
-from service.guard import replay_body
+from service.guard import read_body, replay_body
 from service.logs import annotate
 from service.metrics import count_cache
 
@@ -42,10 +41,10 @@ class CachedAnswers:
         cache = front[0] if front else None
         if cache is None or not cache.enabled:
             return await self.app(scope, receive, send)
-        body = await _read(receive)
+        body = await read_body(receive)  # GuardMiddleware, outside this one, has enforced the size limit
         if body is None:
             return None  # the client went away before sending its body
-        key = f"{cache.prefix}:{front[1]}:body:{scope['path']}:{hashlib.sha256(body).hexdigest()}"
+        key = cache.body_key(front[1], scope["path"], body)
         stored = await cache.call(lambda client: client.get(key))
         if stored is not None:
             count_cache(endpoint, "hit")
@@ -81,15 +80,4 @@ def _as_cached(payload: bytes) -> bytes | None:
         return None
     answer["cached"] = True
     return json.dumps(answer, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-async def _read(receive) -> bytes | None:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 

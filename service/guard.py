@@ -181,27 +181,13 @@ class GuardMiddleware:
         if declared is None and scope.get("method") not in ("GET", "HEAD", "OPTIONS"):
             # no declared length (chunked, or none at all): read it here, counting, before anyone parses it
             try:
-                body = await self._read_body(receive)
+                body = await read_body(receive, self.max_body)
             except TooLarge:
                 return await self._too_large(send, "streamed")
-            except _Disconnected:
-                return None  # nobody left to answer
+            if body is None:
+                return None  # the client went away: nobody left to answer
             receive = replay_body(body, receive)
         await self.app(scope, receive, _routing_errors_as_json(send, scope))
-
-    async def _read_body(self, receive) -> bytes:
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # http.disconnect: the client went away
-                raise _Disconnected(message)
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise TooLarge
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
 
     async def _too_large(self, send, what: str) -> None:
         annotate(rejected="body_too_large")
@@ -209,10 +195,20 @@ class GuardMiddleware:
                      f"{self.max_body} bytes", ["body"], "request_too_large")
 
 
-class _Disconnected(Exception):
-    def __init__(self, message: dict) -> None:
-        super().__init__("client disconnected")
-        self.message = message
+async def read_body(receive, max_body: int | None = None) -> bytes | None:
+    """The whole request body, or ``None`` if the client went away first; ``TooLarge`` past ``max_body`` bytes."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect: the client went away
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if max_body is not None and size > max_body:
+            raise TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def replay_body(body: bytes, receive):
