@@ -70,12 +70,9 @@ class RefusePickle:
         if scope["type"] == "http":
             for name, value in scope.get("headers", ()):
                 if name.lower() == b"content-type" and b"pickle" in value.lower():
-                    body = b'{"error": "pickled request bodies are refused; send application/json"}'
-                    await send({"type": "http.response.start", "status": 415,
-                                "headers": [(b"content-type", b"application/json"),
-                                            (b"content-length", str(len(body)).encode())]})
-                    await send({"type": "http.response.body", "body": body})
-                    return
+                    from service.logs import send_json
+
+                    return await send_json(send, 415, {"error": "pickled request bodies are refused; send application/json"})
         await self.app(scope, receive, send)
 
 
