@@ -105,15 +105,22 @@ def print_quality(rows: list[dict]) -> None:
           f"NMF ≥ 1.5× popularity {'met' if nmf >= 1.5 * pop else 'MISSED'} ({nmf / pop:.2f}×).")
 
 
-def real_data(name: str):
-    """(interactions, how they were got) for a real data set, read through our own reader and validation."""
+def read_file(path):
+    """(interactions, detected format) of a data file, through our own reader and validation."""
     from training.readers import read_interactions
-    from training.realdata import DATASETS, fetch
     from training.validate import to_interactions
 
-    path = fetch(name)
     raw = read_interactions(path)
-    return to_interactions(raw), f"{DATASETS[name].origin}; read as `{raw.fmt}` from {path}"
+    return to_interactions(raw), raw.fmt
+
+
+def real_data(name: str):
+    """(interactions, how they were got) for a real data set."""
+    from training.realdata import DATASETS, fetch
+
+    path = fetch(name)
+    data, fmt = read_file(path)
+    return data, f"{DATASETS[name].origin}; read as `{fmt}` from {path}"
 
 
 def main(argv=None) -> None:
@@ -158,12 +165,8 @@ def main(argv=None) -> None:
         print(f"Source: {origin}.\n{data.n_users:,} users × {data.n_items:,} items, {data.nnz:,} interactions.\n")
         print_quality(quality(data))
     for path in args.data:
-        from training.readers import read_interactions
-        from training.validate import to_interactions
-
-        raw = read_interactions(path)
-        data = to_interactions(raw)
-        print(f"\n## Quality on {path} (read as `{raw.fmt}`), the same models\n")
+        data, fmt = read_file(path)
+        print(f"\n## Quality on {path} (read as `{fmt}`), the same models\n")
         print(f"{data.n_users:,} users × {data.n_items:,} items, {data.nnz:,} interactions.\n")
         rows_file = quality(data)
         print(f"Split: {rows_file[0]['split']} (20 % of each user's items held out).\n")
