@@ -81,6 +81,11 @@ def freeze_startup_heap() -> None:
 
 
 def steady_worker() -> None:
-    """Both fixes; call at the end of a service's ``__init__``."""
+    """Both fixes; call at the end of a service's ``__init__``. Only in a BentoML worker process: a service built
+    in-process (tests, scripts) leaves its interpreter's garbage collector and BentoML's classes alone."""
+    from bentoml._internal.context import server_context
+
+    if server_context.worker_index is None:  # set by BentoML's worker before it loads the service
+        return
     cancel_request_timers()
     freeze_startup_heap()

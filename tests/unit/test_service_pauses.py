@@ -56,9 +56,20 @@ def test_finished_requests_leave_no_live_timer_and_the_timeout_still_answers_504
     asyncio.run(scenario())
 
 
-def test_steady_worker_freezes_the_start_up_heap():
-    code = ("import gc; from service.pauses import steady_worker; before = gc.get_freeze_count(); steady_worker(); "
+def frozen_after_steady_worker(worker_index: int | None) -> tuple[int, int]:
+    code = ("import gc; from bentoml._internal.context import server_context; "
+            f"server_context.worker_index = {worker_index!r}; "
+            "from service.pauses import steady_worker; before = gc.get_freeze_count(); steady_worker(); "
             "print(before, gc.get_freeze_count())")
     before, after = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                             check=True).stdout.split())
+    return before, after
+
+
+def test_steady_worker_freezes_the_start_up_heap():
+    before, after = frozen_after_steady_worker(1)
     assert before == 0 and after > 10_000
+
+
+def test_outside_a_bentoml_worker_steady_worker_changes_nothing():
+    assert frozen_after_steady_worker(None) == (0, 0)
