@@ -3,10 +3,10 @@
 Three things happen here, each for a reason measured in ``loadtest/results``:
 
 * **JSON, not pickle.** ``bentoml.depends`` talks to a dependency in BentoML's pickle format, so the model
-  process would unpickle whatever reaches its socket. :func:`model_proxy` builds the same client speaking
-  ``application/json`` (the model service's inputs and outputs are small integer rows and ``m × 2`` float
-  arrays), and the model service refuses pickled bodies (``service.model_service.RefusePickle``). Nothing on the
-  serving path unpickles anything.
+  process would unpickle whatever reaches its socket. :func:`model_proxy` builds a :class:`ModelHTTP` client
+  speaking ``application/json`` instead (the model service's inputs and outputs are small integer rows and
+  ``m × 2`` float arrays), and the model service refuses pickled bodies
+  (``service.model_service.RefusePickle``). Nothing on the serving path unpickles anything.
 * **Coalescing.** Every HTTP call into the model process costs ~2 ms of framework CPU there, whatever its size,
   while scoring a user costs 0.1–0.7 ms. :class:`Coalescer` sends concurrent ``recommend``/``similar`` rows as
   one call: when fewer than ``in_flight`` calls are outstanding a row leaves at once (no waiting window, so a
@@ -92,7 +92,7 @@ class Coalescer:
 
 
 class ModelClient:
-    """Calls the model service: a JSON RemoteProxy when served, the service instance when in-process.
+    """Calls the model service: a :class:`ModelHTTP` client when served, the service instance when in-process.
 
     One retry after a 503 ("process is overloaded" from the adaptive batcher), which a burst can trigger, or after
     a dropped connection (a model worker died, or closed a kept-alive connection as we wrote to it): model calls
@@ -152,15 +152,90 @@ class ModelClient:
             await close()
 
 
-def model_proxy(service: Any) -> Any | None:
-    """A JSON client of ``service`` when ``bentoml serve`` runs it as a separate process, else ``None``.
+class ModelHTTP:
+    """A JSON client of the model service's HTTP APIs, at the address ``bentoml serve`` gave it.
 
-    ``bentoml.depends`` would build the same client with the pickle media type; this one serialises with JSON.
+    BentoML's own client (``RemoteProxy``) cost the API process a tenth of its CPU per request here: it streams
+    every body chunked and rebuilds each answer type's JSON schema to decode it (``loadtest/README.md``). The model APIs take and give plain JSON, so this client sends one
+    ``Content-Length`` body on kept-alive connections and returns the decoded JSON (``m × 2`` answers as nested
+    lists, which ``service.answers`` reads as arrays). Errors map to BentoML's exceptions by status, as BentoML's
+    client does: 503 is ``ServiceUnavailable``, which :class:`ModelClient` retries.
     """
-    from _bentoml_impl.client import RemoteProxy
+
+    def __init__(self, url: str, timeout_s: float = 60.0, propagate_traces: bool = False) -> None:
+        from urllib.parse import urlsplit
+        from urllib.request import url2pathname
+
+        parts = urlsplit(url)
+        self.socket_path = url2pathname(parts.path) if parts.scheme in ("file", "unix") else None
+        self.base = ("http://model" if self.socket_path else
+                     f"http://{parts.netloc}" if parts.scheme == "tcp" else url.rstrip("/"))
+        self.timeout_s, self.propagate_traces = timeout_s, propagate_traces
+        self._session: Any = None
+
+    @property
+    def to_async(self) -> ModelHTTP:  # ModelClient calls ``model.to_async.call(method, **kwargs)``
+        return self
+
+    def _open(self) -> Any:
+        import aiohttp
+
+        connector = aiohttp.UnixConnector(path=self.socket_path) if self.socket_path else aiohttp.TCPConnector()
+        self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        return self._session
+
+    async def call(self, method: str, **kwargs: Any) -> Any:
+        import json
+
+        session = self._session or self._open()
+        headers = {"Content-Type": "application/json"}
+        if self.propagate_traces:
+            from opentelemetry import propagate
+
+            propagate.inject(headers)
+        body = json.dumps(kwargs, default=_plain).encode()
+        async with session.post(f"{self.base}/{method}", data=body, headers=headers) as resp:
+            data = await resp.read()
+            status = resp.status
+        if status >= 400:
+            raise _model_error(status, data)
+        return json.loads(data)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _plain(value: Any) -> Any:
+    """JSON for the numpy values a model call carries."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _model_error(status: int, body: bytes) -> Exception:
+    from http import HTTPStatus
+
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        code = HTTPStatus(status)
+    except ValueError:
+        code = HTTPStatus.INTERNAL_SERVER_ERROR
+    cls = BentoMLException.error_mapping.get(code, BentoMLException)
+    return cls(body.decode("utf-8", "replace")[:500], error_code=code)
+
+
+def model_proxy(service: Any) -> ModelHTTP | None:
+    """A JSON client of ``service`` when ``bentoml serve`` runs it as a separate process, else ``None``."""
     from bentoml._internal.configuration.containers import BentoMLContainer
+
+    from service.settings import get_settings
 
     url = BentoMLContainer.remote_runner_mapping.get().get(service.name)
     if not url:
         return None
-    return RemoteProxy(url, service=service, media_type="application/json")
+    return ModelHTTP(url, propagate_traces=get_settings().tracing_enabled)

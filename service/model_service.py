@@ -9,10 +9,10 @@ Settings that shape it (read once, at class definition, because BentoML's decora
 * ``workers=1``: adaptive batching happens per worker, so one worker forms the largest batches and holds one
   copy of the factors; with ``BLAS_THREADS=1`` it uses at most one core and leaves the rest to the API workers
   (``API_WORKERS``). Scale out with replicas, or raise ``BLAS_THREADS`` for large catalogs.
-* ``runner_connection``: the API→model client otherwise replaces its pooled HTTP session every 100 requests
-  while others are in flight ("Connector is closed" 500s under concurrency); effectively never here.
+* BentoML's OpenTelemetry middleware is skipped unless ``TRACING_ENABLED`` (``Settings.bentoml_tracing``).
 * BentoML's plain-text access log is off: the API service writes one JSON line per request instead.
-* JSON only: the API service calls it with ``application/json`` (``service.model_client``); a pickled body
+* JSON only: the API service calls it with its own JSON client (``service.model_client.ModelHTTP``, which keeps
+  its connections for the life of the worker); a pickled body
   (BentoML's default between services) is refused with 415 by :class:`RefusePickle`, so nothing that reaches
   this process's socket is ever unpickled.
 * ``MAX_BATCH_SIZE`` / ``MAX_LATENCY_MS``: the dispatcher cancels requests it predicts will miss the latency
@@ -35,7 +35,6 @@ _S = get_settings()
 # then plain ones (one caller's rows per call; the API service stops coalescing too)
 BATCHING = ({"batchable": True, "max_batch_size": _S.max_batch_size, "max_latency_ms": _S.max_latency_ms}
             if _S.max_batch_size > 1 else {})
-RUNNER_CONNECTION = {"max_requests": 1_000_000_000, "max_age": 10.0 * 365 * 24 * 3600}
 
 
 def _limit_blas_threads(n: int) -> None:
@@ -99,9 +98,9 @@ def stored_model(service):
     name="TimbralModel",
     workers=1,
     threads=1,
-    runner_connection=RUNNER_CONNECTION,
     traffic={"timeout": 60},
     logging={"access": {"enabled": False}},  # one structured line per request comes from the API service
+    **_S.bentoml_tracing(),
 )
 class TimbralModel:
     """NMF recommender (factors in memory); batchable top-k for known users and similar items."""

@@ -56,7 +56,8 @@ GET_ROUTES = ("/model", "/ping", "/health")
 ops = FastAPI(title="Timbral operations", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-@bentoml.service(name="Timbral", workers=_S.api_workers, traffic={"timeout": 30}, logging={"access": {"enabled": False}})
+@bentoml.service(name="Timbral", workers=_S.api_workers, traffic={"timeout": 30}, logging={"access": {"enabled": False}},
+                 **_S.bentoml_tracing())
 @bentoml.asgi_app(ops, path="/")
 class Timbral:
     """Music recommendations: personalized top-k, popularity fallback, fold-in, similar items, scores."""

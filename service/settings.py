@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     trust_forwarded_for: bool = Field(False, description="key clients by X-Forwarded-For (behind nginx only)")
     # process
     api_workers: int = Field(2, ge=1, le=64, description="API service worker processes")
+    # BentoML's OpenTelemetry request spans; off (the default) skips its tracing middleware in both services
+    tracing_enabled: bool = Field(False, description="keep BentoML's request tracing (exporter set in BentoML's config)")
     log_level: str = Field("INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     blas_threads: int = Field(1, ge=1, le=256)
 
@@ -59,6 +61,16 @@ class Settings(BaseSettings):
         if parsed[0].amount < 1:
             raise ValueError("the rate limit must allow at least 1 request (RATE_LIMIT_ENABLED=false turns it off)")
         return value.strip()
+
+    def bentoml_tracing(self) -> dict:
+        """Extra ``@bentoml.service`` options for tracing.
+
+        BentoML wraps every request (and every response chunk) in OpenTelemetry spans, even with its default
+        sample rate of 0, where nothing is exported: measured at a third of the API process's CPU per request
+        (``loadtest/README.md``). Off, every URL is excluded, so the middleware passes requests straight through;
+        on, BentoML's own ``tracing`` configuration (exporter, sample rate) applies unchanged.
+        """
+        return {} if self.tracing_enabled else {"tracing": {"excluded_urls": [".*"]}}
 
     @property
     def redis_url_redacted(self) -> str:

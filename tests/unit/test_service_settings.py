@@ -20,7 +20,7 @@ from service.settings import Settings, get_settings, redact_url
 
 ENV_KEYS = ("MODEL_TAG", "REDIS_URL", "ENABLE_CACHING", "CACHE_TTL", "REDIS_TIMEOUT_MS", "MAX_BATCH_SIZE",
             "MAX_LATENCY_MS", "MAX_K", "MAX_BATCH_USERS", "LOG_LEVEL", "BLAS_THREADS", "API_WORKERS",
-            "MODEL_CALLS_IN_FLIGHT")
+            "MODEL_CALLS_IN_FLIGHT", "TRACING_ENABLED")
 
 
 @pytest.fixture
