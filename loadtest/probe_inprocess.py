@@ -45,7 +45,7 @@ class ThreadedModel:
 
 
 @bentoml.service(name="TimbralProbe", workers=int(os.environ.get("PROBE_WORKERS", "1")), traffic={"timeout": 30},
-                 logging={"access": {"enabled": False}})
+                 logging={"access": {"enabled": False}}, **_S.bentoml_tracing())  # as the bento's services
 class TimbralProbe:
     bento_model = bentoml.models.BentoModel(_S.model_tag)
 

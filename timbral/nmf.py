@@ -37,12 +37,12 @@ ProgressFn = Callable[[int, int, float], None]  # (iterations done, max_iter, re
 class NMFParams:
     """The knobs that matter. Defaults were chosen from measured ranking quality (see README)."""
 
-    n_components: int = 32
+    n_components: int = 64
     weighting: str = "binary"
     init: str = "nndsvda"
     solver: str = "cd"
     beta_loss: str = "frobenius"
-    alpha_W: float = 0.0
+    alpha_W: float = 1e-3  # scikit-learn scales it by the data's shape; 1e-2 collapses to popularity (README)
     alpha_H: float | str = "same"
     l1_ratio: float = 0.0
     max_iter: int = 200
