@@ -45,7 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--core-sizes", default="10000,50000,200000,1000000", help="catalog sizes of row 1")
     p.add_argument("--served-sizes", default="50000,200000", help="catalog sizes served (first: peer and cache)")
     p.add_argument("--factors", type=int, default=64)
-    p.add_argument("--levels", default="1,4,8,16,32,64", help="concurrent clients per level")
+    p.add_argument("--levels", default="1,4,8,12,16,24,32,48,64",
+                   help="concurrent clients per level (about sqrt(2) apart from 4 up, every server alike)")
     p.add_argument("--duration", type=float, default=8.0, help="measured seconds per level")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each level")
     p.add_argument("--core-seconds", type=float, default=3.0, help="seconds per in-process measurement")
