@@ -1,8 +1,9 @@
 """The model service: the NMF recommender behind batchable APIs. It speaks item and user *indices*, not ids.
 
-Its callers are the API service (``service.service.Timbral``) through ``bentoml.depends``: in production
-(``bentoml serve``) this is a process of its own where BentoML's adaptive batching gathers concurrent
-``recommend``/``similar`` calls into one matrix product and one partial sort.
+Its caller is the API service (``service.service.Timbral``), which declares it with ``bentoml.depends``: in
+production (``bentoml serve``) this is a process of its own, called over HTTP with JSON
+(``service.model_client.ModelHTTP``), where BentoML's adaptive batching gathers concurrent ``recommend``/``similar``
+calls into one matrix product and one partial sort; in one process (tests) the API calls the instance directly.
 
 Settings that shape it (read once, at class definition, because BentoML's decorators need them there):
 
