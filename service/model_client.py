@@ -156,9 +156,10 @@ class ModelHTTP:
     """A JSON client of the model service's HTTP APIs, at the address ``bentoml serve`` gave it.
 
     BentoML's own client (``RemoteProxy``) cost the API process a tenth of its CPU per request here: it streams
-    every body chunked and rebuilds each answer type's JSON schema to decode it (``loadtest/README.md``). The model APIs take and give plain JSON, so this client sends one
-    ``Content-Length`` body on kept-alive connections and returns the decoded JSON (``m × 2`` answers as nested
-    lists, which ``service.answers`` reads as arrays). Errors map to BentoML's exceptions by status, as BentoML's
+    every body chunked and rebuilds each answer type's JSON schema to decode it (``loadtest/README.md``). The
+    model APIs take and give plain JSON, so this client sends one ``Content-Length`` body on kept-alive
+    connections and returns the decoded JSON (``m × 2`` answers as nested lists, which ``service.answers`` reads
+    as arrays). Errors map to BentoML's exceptions by status, as BentoML's
     client does: 503 is ``ServiceUnavailable``, which :class:`ModelClient` retries.
     """
 
