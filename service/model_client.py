@@ -18,10 +18,13 @@ Three things happen here, each for a reason measured in ``loadtest/results``:
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+
+from timbral.artifact import json_default
 
 Rows = np.ndarray  # b × w int64: one row per question, e.g. [user index, n, exclude_seen]
 
@@ -159,8 +162,8 @@ class ModelHTTP:
     every body chunked and rebuilds each answer type's JSON schema to decode it (``loadtest/README.md``). The
     model APIs take and give plain JSON, so this client sends one ``Content-Length`` body on kept-alive
     connections and returns the decoded JSON (``m × 2`` answers as nested lists, which ``service.answers`` reads
-    as arrays). Errors map to BentoML's exceptions by status, as BentoML's
-    client does: 503 is ``ServiceUnavailable``, which :class:`ModelClient` retries.
+    as arrays). Errors map to BentoML's exceptions by status, as BentoML's client does: 503 is
+    ``ServiceUnavailable``, which :class:`ModelClient` retries.
     """
 
     def __init__(self, url: str, timeout_s: float = 60.0, propagate_traces: bool = False) -> None:
@@ -186,15 +189,13 @@ class ModelHTTP:
         return self._session
 
     async def call(self, method: str, **kwargs: Any) -> Any:
-        import json
-
         session = self._session or self._open()
         headers = {"Content-Type": "application/json"}
         if self.propagate_traces:
             from opentelemetry import propagate
 
             propagate.inject(headers)
-        body = json.dumps(kwargs, default=_plain).encode()
+        body = json.dumps(kwargs, default=json_default).encode()
         async with session.post(f"{self.base}/{method}", data=body, headers=headers) as resp:
             data = await resp.read()
             status = resp.status
@@ -206,15 +207,6 @@ class ModelHTTP:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def _plain(value: Any) -> Any:
-    """JSON for the numpy values a model call carries."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _model_error(status: int, body: bytes) -> Exception:

@@ -44,7 +44,7 @@ def save_artifact(directory: str | os.PathLike[str], arrays: dict[str, np.ndarra
     np.savez(out / ARRAYS_FILE, **arrays)
     # the format keys come last: metadata carried over from a loaded artifact must not relabel this file
     meta = {**metadata, "format": FORMAT_NAME, "format_version": FORMAT_VERSION}
-    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
+    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=json_default))
     checksums = {name: sha256_file(out / name) for name in (ARRAYS_FILE, METADATA_FILE)}
     (out / CHECKSUMS_FILE).write_text(json.dumps(checksums, indent=2, sort_keys=True))
     return out
@@ -106,7 +106,8 @@ def load_artifact(directory: str | os.PathLike[str]) -> tuple[dict[str, np.ndarr
     return arrays, metadata
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps(..., default=json_default)``: numpy scalars and arrays as plain JSON values."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -139,7 +139,7 @@ def test_a_value_json_cannot_carry_is_refused_before_sending():
         finally:
             await client.close()
 
-    with pytest.raises(TypeError, match="set is not JSON serialisable"):
+    with pytest.raises(TypeError, match="not JSON serialisable: set"):
         asyncio.run(scenario())
 
 
