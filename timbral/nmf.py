@@ -33,6 +33,14 @@ BETA_LOSSES = ("frobenius", "kullback-leibler", "itakura-saito")
 ProgressFn = Callable[[int, int, float], None]  # (iterations done, max_iter, reconstruction error)
 
 
+class DegenerateFit(ValueError):
+    """The fit ended with every user (or item) factor at zero: the regularisation is too strong for this data.
+
+    A property of the parameters on this data, not of the data alone: a search over parameters
+    (``timbral tune``) records the trial as failed and goes on.
+    """
+
+
 @dataclass
 class NMFParams:
     """The knobs that matter. Defaults were chosen from measured ranking quality (see README)."""
@@ -145,7 +153,7 @@ class NMFRecommender:
             H = model.components_
             done += int(model.n_iter_)
             if not W.any() or not H.any():
-                raise ValueError(
+                raise DegenerateFit(
                     f"regularisation drove every {'user' if not W.any() else 'item'} factor to zero "
                     f"(alpha_W={p.alpha_W}, alpha_H={p.alpha_H}, l1_ratio={p.l1_ratio}); lower alpha_W/alpha_H"
                 )

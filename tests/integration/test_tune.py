@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
+from timbral.nmf import NMFParams
 from training.generate import write_listens
+from training.pipeline import TrainConfig
+from training.tune import run_tuning
 
 TIMBRAL = str(Path(sys.executable).parent / "timbral")
 
@@ -35,3 +39,44 @@ def test_tune_logs_nested_trials_and_registers_the_best(local_stack, tmp_path):
     assert version.version == "1" and version.run_id == best.info.run_id
     assert client.get_run(best.info.run_id).data.tags["final_model"] == "best trial refit on all data"
     assert "Registered tuned-nmf version 1 with alias champion" in proc.stdout
+
+
+def _children(client: MlflowClient, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    kids = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id),
+                  key=lambda r: r.info.run_name)
+    return parents[0], kids
+
+
+def test_a_trial_whose_penalty_zeroes_the_factors_fails_alone_and_the_search_goes_on(mlflow_env, tmp_path):
+    data = tmp_path / "listens.parquet"
+    write_listens(data, n_users=300, n_items=600, n_interactions=8_000, seed=5)
+    cfg = TrainConfig(data=str(data), params=NMFParams(n_components=8, max_iter=30), experiment="tune-degenerate",
+                      model_name="tune-degenerate-nmf", promote="always")
+    # trial 1 is cfg.params (fits); trials 2 and 3 draw an L1 penalty that zeroes every user factor
+    result = run_tuning(cfg, trials=3, space={"alpha_W": [1.0], "l1_ratio": [1.0]})
+    parent, kids = _children(MlflowClient(mlflow_env.tracking_uri), "tune-degenerate")
+    assert [k.info.status for k in kids] == ["FINISHED", "FAILED", "FAILED"]
+    for failed in kids[1:]:
+        assert "regularisation drove every user factor to zero" in failed.data.tags["trial_error"]
+        assert failed.data.params["nmf_alpha_W"] == "1.0"  # the failed trial's knobs stay readable in the UI
+        assert "ndcg_at_10" not in failed.data.metrics
+    assert parent.data.metrics["failed_trials"] == 2
+    assert parent.data.tags["best_child_run_id"] == kids[0].info.run_id
+    assert result.version == "1" and result.run_id == kids[0].info.run_id
+
+
+def test_tune_fails_with_the_reason_when_every_trial_fails(mlflow_env, tmp_path):
+    data = tmp_path / "listens.parquet"
+    write_listens(data, n_users=300, n_items=600, n_interactions=8_000, seed=5)
+    cfg = TrainConfig(data=str(data), params=NMFParams(n_components=8, max_iter=30, alpha_W=1.0, l1_ratio=1.0),
+                      experiment="tune-all-fail", model_name="tune-all-fail-nmf")
+    with pytest.raises(RuntimeError, match=r"all 2 trials failed; trial 1: regularisation drove every user factor"):
+        run_tuning(cfg, trials=2, space={"l1_ratio": [1.0]})
+    client = MlflowClient(mlflow_env.tracking_uri)
+    parent, kids = _children(client, "tune-all-fail")
+    assert parent.info.status == "FAILED" and [k.info.status for k in kids] == ["FAILED", "FAILED"]
+    assert not client.search_registered_models("name='tune-all-fail-nmf'")  # nothing registered

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from timbral.interactions import Interactions
-from timbral.nmf import NMFParams, NMFRecommender
+from timbral.nmf import DegenerateFit, NMFParams, NMFRecommender
 
 # (users, items) per block; different sizes so that no two blocks are interchangeable
 BLOCKS = [(8, 6), (7, 5), (9, 7)]
@@ -441,6 +441,13 @@ def test_parameter_validation_names_the_parameter(overrides, message):
         NMFRecommender(**overrides)
     with pytest.raises(ValueError, match=message):
         NMFParams(**overrides).validate()
+
+
+def test_a_penalty_that_zeroes_every_user_factor_is_a_degenerate_fit_naming_the_knobs():
+    with pytest.raises(DegenerateFit, match=r"every user factor to zero \(alpha_W=1.0, alpha_H=same, l1_ratio=1.0\)"):
+        fit(alpha_W=1.0, l1_ratio=1.0)
+    assert issubclass(DegenerateFit, ValueError)  # callers that catch ValueError keep working
+    assert fit(alpha_W=1e-3, l1_ratio=1.0).user_factors.any()  # a light penalty on the same data is fine
 
 
 def test_all_problems_are_reported_at_once():
