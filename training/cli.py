@@ -188,17 +188,19 @@ def train(**kw):
 @data_options
 @click.option("--trials", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the search.")
+@click.option("--search", default="neighbours", show_default=True, type=click.Choice(["neighbours", "random"]),
+              help="neighbours: each trial moves one knob of the best trial so far; random: every knob drawn.")
 @click.option("--max-iter", default=DEFAULTS.max_iter, show_default=True, type=click.IntRange(min=1))
 @click.option("--promote", default="auto", show_default=True, type=click.Choice(["auto", "always", "never"]))
 def tune(**kw):
-    """Random search over the model knobs as nested MLflow runs; the best child is refit and registered."""
+    """Search the model knobs as nested MLflow runs; the best child is refit and registered."""
     from training.progress import ConsoleReporter
     from training.report import print_result
     from training.tune import run_tuning
 
-    trials, seed, max_iter = kw.pop("trials"), kw.pop("seed"), kw.pop("max_iter")
+    trials, seed, max_iter, search = kw.pop("trials"), kw.pop("seed"), kw.pop("max_iter"), kw.pop("search")
     cfg = _config(kw, NMFParams(max_iter=max_iter))
-    print_result(run_tuning(cfg, trials=trials, seed=seed, progress=ConsoleReporter()))
+    print_result(run_tuning(cfg, trials=trials, seed=seed, progress=ConsoleReporter(), search=search))
 
 
 @main.command()

@@ -57,7 +57,7 @@ def test_a_trial_whose_penalty_zeroes_the_factors_fails_alone_and_the_search_goe
     cfg = TrainConfig(data=str(data), params=NMFParams(n_components=8, max_iter=30), experiment="tune-degenerate",
                       model_name="tune-degenerate-nmf", promote="always")
     # trial 1 is cfg.params (fits); trials 2 and 3 draw an L1 penalty that zeroes every user factor
-    result = run_tuning(cfg, trials=3, space={"alpha_W": [1.0], "l1_ratio": [1.0]})
+    result = run_tuning(cfg, trials=3, space={"alpha_W": [1.0], "l1_ratio": [1.0]}, search="random")
     parent, kids = _children(MlflowClient(mlflow_env.tracking_uri), "tune-degenerate")
     assert [k.info.status for k in kids] == ["FINISHED", "FAILED", "FAILED"]
     for failed in kids[1:]:
@@ -75,7 +75,7 @@ def test_tune_fails_with_the_reason_when_every_trial_fails(mlflow_env, tmp_path)
     cfg = TrainConfig(data=str(data), params=NMFParams(n_components=8, max_iter=30, alpha_W=1.0, l1_ratio=1.0),
                       experiment="tune-all-fail", model_name="tune-all-fail-nmf")
     with pytest.raises(RuntimeError, match=r"all 2 trials failed; trial 1: regularisation drove every user factor"):
-        run_tuning(cfg, trials=2, space={"l1_ratio": [1.0]})
+        run_tuning(cfg, trials=2, space={"l1_ratio": [1.0]}, search="random")
     client = MlflowClient(mlflow_env.tracking_uri)
     parent, kids = _children(client, "tune-all-fail")
     assert parent.info.status == "FAILED" and [k.info.status for k in kids] == ["FAILED", "FAILED"]
