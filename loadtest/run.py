@@ -147,4 +147,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.local_stack import main_stopping_on_sigterm
+
+    sys.exit(main_stopping_on_sigterm(main, "loadtest"))

@@ -27,16 +27,22 @@ def _fail(exc: BaseException) -> None:
 
 
 class Group(click.Group):
-    """Turns any exception into a one-line error and exit code 1."""
+    """Turns any exception into a one-line error and exit code 1; SIGTERM stops like Ctrl-C (exit code 143)."""
 
     def invoke(self, ctx):
+        from training.local_stack import Terminated, sigterm_unwinds
+
         try:
-            return super().invoke(ctx)
+            with sigterm_unwinds():  # servers started in ``with`` blocks (stack, demo) stop on SIGTERM too
+                return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except Terminated:
+            click.echo("terminated", err=True)
+            sys.exit(143)
         except Exception as exc:  # noqa: BLE001
             _fail(exc)
 
@@ -239,7 +245,7 @@ def rollback(model_name, tracking_uri):
 @main.command()
 @click.option("--workdir", default=".timbral/stack", show_default=True, type=click.Path(file_okay=False))
 def stack(workdir):
-    """Run the embedded stack (moto S3 + MLflow server) in the foreground until Ctrl-C."""
+    """Run the embedded stack (moto S3 + MLflow server) in the foreground until Ctrl-C or SIGTERM."""
     import shutil
     import time
 
@@ -251,7 +257,7 @@ def stack(workdir):
         click.echo("In another shell:")
         for key, value in s.client_env().items():
             click.echo(f"  export {key}={value}")
-        click.echo("\nCtrl-C stops both servers (their state is in memory/this workdir only).")
+        click.echo("\nCtrl-C (or SIGTERM) stops both servers (their state is in memory/this workdir only).")
         try:
             while True:
                 time.sleep(3600)

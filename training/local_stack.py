@@ -14,9 +14,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +55,41 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
             last = str(exc)
         time.sleep(0.2)
     raise StackError(f"{url}: no answer within {timeout:.0f}s ({last})")
+
+
+class Terminated(BaseException):
+    """SIGTERM raised as an exception by :func:`sigterm_unwinds`. A BaseException, so no ``except Exception``
+    swallows it."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread, like Ctrl-C's KeyboardInterrupt:
+    ``with`` blocks unwind and stop the servers they started, where the default action would kill this process
+    and leave its children running. The previous handler comes back afterwards. Off the main thread, a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def main_stopping_on_sigterm(main: Callable[[], int], name: str) -> int:
+    """``main()``'s exit code; on SIGTERM, 143 once its ``with`` blocks have stopped what they started."""
+    try:
+        with sigterm_unwinds():
+            return main()
+    except Terminated:
+        print(f"{name}: terminated", file=sys.stderr)
+        return 143
 
 
 def stop_process(proc: subprocess.Popen | None, grace: float = 10.0, sig: int = signal.SIGTERM) -> None:
