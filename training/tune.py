@@ -3,7 +3,9 @@
 Trial 1 is the given parameters (the defaults from the CLI). By default each later trial is the best trial so
 far with one knob moved one step (a neighbourhood search): good settings sit next to one another here, and a
 random draw of six knobs mostly lands on poor ones (on Last.fm 2k, 12 random trials never beat the defaults).
-``search="random"`` draws every knob independently instead. Each child fits on the same split and logs its params and metrics; the best child (by the gate metric) is
+``search="random"`` draws every knob independently instead.
+
+Each child fits on the same split and logs its params and metrics; the best child (by the gate metric) is
 reopened, refit on all data, logged and registered, then goes through the same promotion gate as ``train``.
 A trial whose penalty zeroes every factor (:class:`timbral.nmf.DegenerateFit`) is a child run marked FAILED
 with its reason in the ``trial_error`` tag, and the search goes on; only when every trial fails does tune fail.
