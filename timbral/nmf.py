@@ -10,90 +10,29 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-import scipy.linalg
-import scipy.optimize
+import scipy
 import scipy.sparse as sp
 import sklearn
 from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 
 from timbral.artifact import load_artifact, save_artifact
+from timbral.foldin import (
+    fold_in_least_squares,
+    fold_in_multiplicative,
+    histories_matrix,
+    least_squares_system,
+)
 from timbral.interactions import IdMap, Interactions
+from timbral.params import DegenerateFit, FitReport, NMFParams
 from timbral.topk import topk, topk_dot
 from timbral.weighting import Weighting
 
-INITS = ("nndsvd", "nndsvda", "nndsvdar", "random")
-SOLVERS = ("cd", "mu")
-BETA_LOSSES = ("frobenius", "kullback-leibler", "itakura-saito")
-
 ProgressFn = Callable[[int, int, float], None]  # (iterations done, max_iter, reconstruction error)
-
-
-class DegenerateFit(ValueError):
-    """The fit ended with every user (or item) factor at zero: the regularisation is too strong for this data.
-
-    A property of the parameters on this data, not of the data alone: a search over parameters
-    (``timbral tune``) records the trial as failed and goes on.
-    """
-
-
-@dataclass
-class NMFParams:
-    """The knobs that matter. Defaults were chosen from measured ranking quality (see README)."""
-
-    n_components: int = 64
-    weighting: str = "binary"
-    init: str = "nndsvda"
-    solver: str = "cd"
-    beta_loss: str = "frobenius"
-    alpha_W: float = 1e-3  # scikit-learn scales it by the data's shape; 1e-2 collapses to popularity (README)
-    alpha_H: float | str = "same"
-    l1_ratio: float = 0.0
-    max_iter: int = 200
-    tol: float = 1e-4
-    random_state: int = 0
-
-    def validate(self) -> NMFParams:
-        problems = []
-        if int(self.n_components) < 1:
-            problems.append(f"n_components must be >= 1 (got {self.n_components})")
-        if self.init not in INITS:
-            problems.append(f"init must be one of {', '.join(INITS)} (got {self.init!r})")
-        if self.solver not in SOLVERS:
-            problems.append(f"solver must be one of {', '.join(SOLVERS)} (got {self.solver!r})")
-        if self.beta_loss not in BETA_LOSSES:
-            problems.append(f"beta_loss must be one of {', '.join(BETA_LOSSES)} (got {self.beta_loss!r})")
-        if self.beta_loss != "frobenius" and self.solver != "mu":
-            problems.append(f"beta_loss {self.beta_loss!r} needs solver 'mu'")
-        if self.beta_loss == "itakura-saito":
-            problems.append("beta_loss 'itakura-saito' cannot fit sparse data with zeros")
-        if float(self.alpha_W) < 0 or (self.alpha_H != "same" and float(self.alpha_H) < 0):
-            problems.append("alpha_W and alpha_H must be >= 0")
-        if not 0.0 <= float(self.l1_ratio) <= 1.0:
-            problems.append(f"l1_ratio must be within 0..1 (got {self.l1_ratio})")
-        if int(self.max_iter) < 1:
-            problems.append(f"max_iter must be >= 1 (got {self.max_iter})")
-        if float(self.tol) < 0:
-            problems.append(f"tol must be >= 0 (got {self.tol})")
-        try:
-            Weighting(self.weighting)
-        except ValueError as exc:
-            problems.append(str(exc))
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-
-@dataclass
-class FitReport:
-    convergence: list[tuple[int, float]] = field(default_factory=list)  # (iteration, reconstruction error)
-    n_iter: int = 0
-    converged: bool = False
-    seconds: float = 0.0
 
 
 class NMFRecommender:
@@ -272,83 +211,19 @@ class NMFRecommender:
         return np.where(items >= 0, out, np.nan).astype(np.float32)
 
     def fold_in(self, item_indices: Sequence[Sequence[int]], values: Sequence[Sequence[float]] | None = None) -> np.ndarray:
-        """User vectors (b × k) for histories the model has never seen.
+        """User vectors (b × k) for histories the model has never seen (``timbral.foldin``).
 
         Each history is weighted like the training data, then its factor row solves the same regularised
-        least-squares problem the fit solves for a known user, with the item factors fixed and the row
-        constrained non-negative.
+        problem the fit solves for a known user, with the item factors fixed and the row constrained
+        non-negative. An empty history gives a zero row.
         """
-        b = len(item_indices)
-        rows, cols, data = [], [], []
-        for r, items in enumerate(item_indices):
-            items = np.asarray(items, dtype=np.int64)
-            if items.size and (items.min() < 0 or items.max() >= self.n_items):
-                raise IndexError(f"history {r}: item index out of range 0..{self.n_items - 1}")
-            vals = np.ones(items.size) if values is None else np.asarray(values[r], dtype=np.float64)
-            if vals.size != items.size:
-                raise ValueError(f"history {r}: {items.size} items but {vals.size} values")
-            if vals.size and (not np.all(np.isfinite(vals)) or vals.min() < 0):
-                raise ValueError(f"history {r}: values must be finite numbers >= 0")
-            rows.append(np.full(items.size, r))
-            cols.append(items)
-            data.append(vals)
-        X = sp.csr_matrix(
-            (np.concatenate(data) if data else [], (np.concatenate(rows) if rows else [], np.concatenate(cols) if cols else [])),
-            shape=(b, self.n_items),
-            dtype=np.float64,
-        )
-        X.sum_duplicates()
-        Xw = self.weighting.transform(X)
+        Xw = self.weighting.transform(histories_matrix(item_indices, values, self.n_items))
+        l1, l2 = self.params.user_penalties(self.n_items)
         if self.params.beta_loss != "frobenius":
-            return self._fold_in_multiplicative(Xw)
-        A, L = self._nnls_system()
-        targets = (Xw @ self.item_factors).astype(np.float64) - self._l1_penalty()
-        out = np.zeros((b, self.item_factors.shape[1]), dtype=np.float32)
-        for r in range(b):
-            if Xw.indptr[r + 1] == Xw.indptr[r]:
-                continue
-            y = scipy.linalg.solve_triangular(L, targets[r], lower=True)
-            out[r] = scipy.optimize.nnls(A, y)[0]
-        return out
-
-    def _fold_in_multiplicative(self, Xw: sp.csr_matrix, max_iter: int = 2000, tol: float = 1e-7) -> np.ndarray:
-        """Fold-in for a Kullback-Leibler model: the multiplicative updates of the fit, item factors fixed."""
-        p = self.params
-        Ht = self.item_factors.astype(np.float64)  # items x k
-        col_sums = Ht.sum(axis=0)
-        l1 = self._l1_penalty()
-        l2 = float(p.alpha_W) * (1.0 - float(p.l1_ratio)) * self.n_items
-        out = np.zeros((Xw.shape[0], Ht.shape[1]), dtype=np.float32)
-        for r in range(Xw.shape[0]):
-            lo, hi = Xw.indptr[r], Xw.indptr[r + 1]
-            if lo == hi:
-                continue
-            sub, x = Ht[Xw.indices[lo:hi]], Xw.data[lo:hi].astype(np.float64)
-            w = np.full(Ht.shape[1], max(x.mean() / max(col_sums.mean(), 1e-12), 1e-6))
-            for _ in range(max_iter):
-                wh = np.maximum(sub @ w, 1e-12)
-                new = w * (sub.T @ (x / wh)) / np.maximum(col_sums + l1 + l2 * w, 1e-12)
-                done = np.abs(new - w).max() <= tol * max(np.abs(w).max(), 1e-12)
-                w = new
-                if done:
-                    break
-            out[r] = w
-        return out
-
-    def _l1_penalty(self) -> float:
-        p = self.params
-        return float(p.alpha_W) * float(p.l1_ratio) * self.n_items
-
-    def _nnls_system(self) -> tuple[np.ndarray, np.ndarray]:
+            return fold_in_multiplicative(Xw, self.item_factors, l1, l2)
         if self._gram is None:
-            p = self.params
-            H = self.item_factors.astype(np.float64)
-            gram = H.T @ H
-            l2 = float(p.alpha_W) * (1.0 - float(p.l1_ratio)) * self.n_items
-            gram[np.diag_indices_from(gram)] += l2 + 1e-9 * max(np.trace(gram), 1.0)
-            L = np.linalg.cholesky(gram)
-            self._gram = (L.T.copy(), L)
-        return self._gram
+            self._gram = least_squares_system(self.item_factors, l2)
+        return fold_in_least_squares(Xw, self.item_factors, self._gram, l1)
 
     def recommend_ids(self, user_ids: Sequence[object], n: int = 10, *, exclude_seen: bool = True) -> list[dict[str, Any]]:
         """Id-level answers in input order: known users get their top ``n`` (strategy "personalized"), unknown

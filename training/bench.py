@@ -59,7 +59,8 @@ def quality(data, ks=(10,)) -> list[dict]:
     import scipy.sparse as sp
 
     from timbral.metrics import ndcg_at_k
-    from timbral.nmf import NMFParams, NMFRecommender
+    from timbral.nmf import NMFRecommender
+    from timbral.params import NMFParams
     from timbral.weighting import Weighting
     from training.evaluate import evaluate
     from training.split import split_per_user

@@ -12,7 +12,7 @@ from dataclasses import fields
 
 import click
 
-from timbral.nmf import BETA_LOSSES, INITS, SOLVERS, NMFParams
+from timbral.params import BETA_LOSSES, INITS, SOLVERS, NMFParams
 from timbral.weighting import SCHEMES
 
 DEFAULTS = NMFParams()

@@ -15,7 +15,8 @@ import mlflow
 from mlflow import MlflowClient
 
 from timbral.interactions import InteractionError, Interactions
-from timbral.nmf import NMFParams, NMFRecommender
+from timbral.nmf import NMFRecommender
+from timbral.params import NMFParams
 from training import registry, tracking
 from training.evaluate import DEFAULT_KS, Evaluation, evaluate
 from training.progress import Reporter

@@ -7,7 +7,7 @@ random draw of six knobs mostly lands on poor ones (on Last.fm 2k, 12 random tri
 
 Each child fits on the same split and logs its params and metrics; the best child (by the gate metric) is
 reopened, refit on all data, logged and registered, then goes through the same promotion gate as ``train``.
-A trial whose penalty zeroes every factor (:class:`timbral.nmf.DegenerateFit`) is a child run marked FAILED
+A trial whose penalty zeroes every factor (:class:`timbral.params.DegenerateFit`) is a child run marked FAILED
 with its reason in the ``trial_error`` tag, and the search goes on; only when every trial fails does tune fail.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import replace
 import mlflow
 import numpy as np
 
-from timbral.nmf import DegenerateFit, NMFParams
+from timbral.params import DegenerateFit, NMFParams
 from training import pipeline, tracking
 from training.pipeline import TrainConfig, TrainResult
 from training.progress import Reporter

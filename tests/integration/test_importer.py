@@ -39,7 +39,7 @@ def registered(local_stack, tmp_path_factory):
     """A small model trained and registered by the training pipeline (version 1 → @champion)."""
     import mlflow
 
-    from timbral.nmf import NMFParams
+    from timbral.params import NMFParams
     from training.generate import write_listens
     from training.local_stack import environ
     from training.pipeline import TrainConfig, run_training

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from timbral.nmf import NMFParams
+from timbral.params import NMFParams
 from training.generate import write_listens
 from training.pipeline import TrainConfig
 from training.tune import run_tuning

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from timbral.interactions import Interactions
-from timbral.nmf import DegenerateFit, NMFParams, NMFRecommender
+from timbral.nmf import NMFRecommender
+from timbral.params import DegenerateFit, NMFParams
 
 # (users, items) per block; different sizes so that no two blocks are interchangeable
 BLOCKS = [(8, 6), (7, 5), (9, 7)]
@@ -288,7 +289,8 @@ def test_fold_in_of_a_training_users_history_reproduces_their_recommendations(pa
 def test_fold_in_criterion_is_sensitive_to_the_regularisation(monkeypatch):
     """Control: drop the L1 term from fold-in and the same check fails (so the one above can fail too)."""
     m = fit(LOW_RANK, n_components=4, max_iter=1000, tol=1e-7, alpha_W=0.01, l1_ratio=0.5)
-    monkeypatch.setattr(m, "_l1_penalty", lambda: 0.0)
+    _, l2 = m.params.user_penalties(m.n_items)
+    monkeypatch.setattr(m.params, "user_penalties", lambda n_items: (0.0, l2))
     with pytest.raises(AssertionError, match="worst relative difference"):
         assert_fold_in_reproduces_training_users(m, LOW_RANK, vector_rtol=1e-2)
 

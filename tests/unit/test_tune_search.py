@@ -7,7 +7,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from timbral.nmf import NMFParams
+from timbral.params import NMFParams
 from training.pipeline import TrainConfig
 from training.tune import ORDERED, SEARCH_SPACE, _key, neighbour_params, run_tuning
 
