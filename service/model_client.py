@@ -12,6 +12,11 @@ Three things happen here, each for a reason measured in ``loadtest/results``:
   one call: when fewer than ``in_flight`` calls are outstanding a row leaves at once (no waiting window, so a
   lone request is not delayed); otherwise it queues and leaves with the rows that queued beside it. The model
   service's adaptive batching still merges the calls of several API workers or replicas.
+* **Holding the slot under load.** The model service scores one batch at a time, and BentoML's dispatcher does
+  not merge two API workers' calls: while this worker's answer travels back, the other worker's call is being
+  scored, so a call sent at once would only queue behind it. After a call that carried several rows (the
+  sign of load), the slot is kept for ``hold`` × that call's duration (at most ``MAX_HOLD_S``) and the next
+  call leaves with the rows that arrived meanwhile. A lone request (one-row calls) is never held.
 * **One retry** after a 503 or a dropped connection (see :class:`ModelClient`).
 """
 
@@ -33,17 +38,24 @@ class Coalescer:
     """``await submit(rows)`` → one answer per row; rows submitted while calls are in flight share one call.
 
     ``call(rows)`` must return one answer per row, in order. A caller's rows are never split; a call carries at
-    most ``max_rows`` rows unless a single caller brings more. A failed call fails every caller in it.
+    most ``max_rows`` rows unless a single caller brings more. A failed call fails every caller in it. After a
+    call of more than one row the slot stays taken for ``hold`` × its duration, capped at ``MAX_HOLD_S``.
     """
 
-    def __init__(self, call: Callable[[Rows], Awaitable[list[Any]]], max_rows: int = 64, in_flight: int = 1) -> None:
+    MAX_HOLD_S = 0.02
+
+    def __init__(self, call: Callable[[Rows], Awaitable[list[Any]]], max_rows: int = 64, in_flight: int = 1,
+                 hold: float = 0.0) -> None:
         if max_rows < 1 or in_flight < 1:
             raise ValueError("max_rows and in_flight must be at least 1")
-        self._call, self.max_rows, self.in_flight = call, max_rows, in_flight
+        if not 0.0 <= hold <= 1.0:
+            raise ValueError(f"hold must be within 0..1, got {hold}")
+        self._call, self.max_rows, self.in_flight, self.hold = call, max_rows, in_flight, hold
         self._pending: list[tuple[Rows, asyncio.Future]] = []
         self._tasks: set[asyncio.Task] = set()  # the event loop keeps only weak references to tasks
         self._running = 0
         self.calls = 0  # model calls made (for tests and the benchmark's reading)
+        self.holds = 0  # calls after which the slot was held
 
     async def submit(self, rows: Rows) -> list[Any]:
         rows = np.asarray(rows, dtype=np.int64)
@@ -70,6 +82,8 @@ class Coalescer:
                 task.add_done_callback(self._tasks.discard)
 
     async def _run(self, take: list[tuple[Rows, asyncio.Future]]) -> None:
+        loop = asyncio.get_running_loop()
+        started, hold_s = loop.time(), 0.0
         try:
             rows = take[0][0] if len(take) == 1 else np.concatenate([r for r, _ in take])
             self.calls += 1
@@ -89,9 +103,18 @@ class Coalescer:
                 if not future.done():
                     future.set_result(list(answers[at:at + len(r)]))
                 at += len(r)
+            if self.hold > 0 and len(rows) > 1:
+                hold_s = min(self.hold * (loop.time() - started), self.MAX_HOLD_S)
         finally:
-            self._running -= 1
-            self._launch()
+            if hold_s > 0:
+                self.holds += 1
+                loop.call_later(hold_s, self._release)
+            else:
+                self._release()
+
+    def _release(self) -> None:
+        self._running -= 1
+        self._launch()
 
 
 class ModelClient:
@@ -105,9 +128,10 @@ class ModelClient:
     ``rows(method, rows)`` goes through a :class:`Coalescer` per method; ``call`` is one call as it is.
     """
 
-    def __init__(self, get_model: Callable[[], Any], retries: int = 1, max_rows: int = 64, in_flight: int = 1) -> None:
+    def __init__(self, get_model: Callable[[], Any], retries: int = 1, max_rows: int = 64, in_flight: int = 1,
+                 hold: float = 0.0) -> None:
         self._get_model, self.retries = get_model, retries
-        self.max_rows, self.in_flight = max_rows, in_flight
+        self.max_rows, self.in_flight, self.hold = max_rows, in_flight, hold
         self._model: Any = None
         self.coalescers: dict[str, Coalescer] = {}
 
@@ -146,7 +170,7 @@ class ModelClient:
                 observe_model_call(method, len(batch))
                 return await self.call(method, rows=batch)
 
-            coalescer = self.coalescers[method] = Coalescer(call, self.max_rows, self.in_flight)
+            coalescer = self.coalescers[method] = Coalescer(call, self.max_rows, self.in_flight, self.hold)
         return await coalescer.submit(rows)
 
     async def close(self) -> None:

@@ -74,7 +74,8 @@ class Timbral:
         self.limiter = RateLimiter.from_settings(settings, self.cache)
         # JSON to the model process when it is one (``bentoml serve``), else the in-process instance
         self.model_client = ModelClient(lambda: model_proxy(TimbralModel) or self.model,
-                                        max_rows=settings.max_batch_size, in_flight=settings.model_calls_in_flight)
+                                        max_rows=settings.max_batch_size, in_flight=settings.model_calls_in_flight,
+                                        hold=settings.model_call_hold)
         self.answers = Answerer(self.catalog, self.model_client, self.cache)
         steady_worker()  # garbage-collection pauses out of the latency tail (service/pauses.py)
 

@@ -35,7 +35,7 @@ needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (
 PROBE_ROUTES = {"/livez", "/readyz", "/healthz", "/health", "/ping"}
 SETTINGS = ["REDIS_URL", "ENABLE_CACHING", "CACHE_TTL", "REDIS_TIMEOUT_MS", "MAX_BATCH_SIZE", "MAX_LATENCY_MS",
             "MAX_K", "MAX_BATCH_USERS", "LOG_LEVEL", "MODEL_TAG", "MAX_REQUEST_SIZE", "RATE_LIMIT",
-            "RATE_LIMIT_ENABLED", "BLAS_THREADS", "API_WORKERS", "MODEL_CALLS_IN_FLIGHT",
+            "RATE_LIMIT_ENABLED", "BLAS_THREADS", "API_WORKERS", "MODEL_CALLS_IN_FLIGHT", "MODEL_CALL_HOLD",
             "TRACING_ENABLED"]
 VARIABLE = re.compile(r"(?<!\$)\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 

@@ -241,3 +241,63 @@ def test_max_batch_size_1_serves_the_row_apis_unbatched(size, batchable):
     assert out[:2] == [str(batchable)] * 2
     if batchable:
         assert out[2] == size
+
+
+class SlowModel(FakeModel):
+    """Each call takes ``seconds`` (so a held slot has a known, long duration) and then answers."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    async def __call__(self, rows: np.ndarray) -> list[np.ndarray]:
+        self.batches.append(rows.tolist())  # recorded when the call leaves
+        await asyncio.sleep(self.seconds)
+        return [np.array([r], dtype=np.float64) for r in rows.tolist()]
+
+
+def test_after_a_call_of_several_rows_the_slot_is_held_and_the_next_call_gathers_what_arrived():
+    async def scenario():
+        model = SlowModel(0.3)
+        c = Coalescer(model, max_rows=8, in_flight=1, hold=1.0)
+        c.MAX_HOLD_S = 0.2  # hold = min(1.0 x 0.3 s, 0.2 s): long against the few loop turns checked below
+        first = asyncio.create_task(c.submit(rows(0)))
+        await settle()
+        pair = [asyncio.create_task(c.submit(rows(u))) for u in (1, 2)]
+        await first  # one-row call: no hold, the two queued rows leave together at once
+        await settle()
+        assert model.batches == [[[0, 10]], [[1, 10], [2, 10]]] and c.holds == 0
+        await asyncio.gather(*pair)  # a two-row call: its slot is now held
+        late = [asyncio.create_task(c.submit(rows(u))) for u in (5, 6)]
+        await settle()
+        assert c.holds == 1 and len(model.batches) == 2  # nothing left during the hold
+        answers = await asyncio.gather(*late)
+        assert model.batches[2] == [[5, 10], [6, 10]]  # both rows in the call after the hold
+        assert [a[0].tolist() for a in answers] == [[[5, 10]], [[6, 10]]]
+
+    asyncio.run(scenario())
+
+
+def test_one_row_calls_are_never_held_and_hold_zero_never_holds():
+    async def scenario(hold: float, users: list[list[int]]) -> tuple[int, list]:
+        model = SlowModel(0.0)
+        c = Coalescer(model, max_rows=8, in_flight=1, hold=hold)
+        for group in users:  # one caller after another: each call carries the caller's rows only
+            await c.submit(rows(*group))
+        return c.holds, model.batches
+
+    holds, batches = asyncio.run(scenario(1.0, [[1], [2], [3]]))
+    assert holds == 0 and len(batches) == 3
+    holds, batches = asyncio.run(scenario(0.0, [[1, 2], [3, 4]]))
+    assert holds == 0 and len(batches) == 2
+    holds, _ = asyncio.run(scenario(0.5, [[1, 2]]))
+    assert holds == 1  # control: the same two-row call with a hold is held
+
+
+@pytest.mark.parametrize("hold", [-0.1, 1.5])
+def test_a_hold_outside_zero_to_one_is_refused(hold):
+    async def noop(batch):
+        return []
+
+    with pytest.raises(ValueError, match="hold must be within 0..1"):
+        Coalescer(noop, hold=hold)

@@ -20,7 +20,7 @@ from service.settings import Settings, get_settings, redact_url
 
 ENV_KEYS = ("MODEL_TAG", "REDIS_URL", "ENABLE_CACHING", "CACHE_TTL", "REDIS_TIMEOUT_MS", "MAX_BATCH_SIZE",
             "MAX_LATENCY_MS", "MAX_K", "MAX_BATCH_USERS", "LOG_LEVEL", "BLAS_THREADS", "API_WORKERS",
-            "MODEL_CALLS_IN_FLIGHT", "TRACING_ENABLED")
+            "MODEL_CALLS_IN_FLIGHT", "MODEL_CALL_HOLD", "TRACING_ENABLED")
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_defaults(clean_env):
         "timbral-nmf:latest", "redis://127.0.0.1:6379/0", True, 300, 250)
     assert (s.max_batch_size, s.max_latency_ms, s.max_k, s.max_batch_users, s.log_level, s.blas_threads) == (
         64, 1000, 500, 100, "INFO", 1)
-    assert (s.api_workers, s.model_calls_in_flight) == (2, 1)
+    assert (s.api_workers, s.model_calls_in_flight, s.model_call_hold) == (2, 1, 0.6)
 
 
 def test_environment_and_dotenv(clean_env, tmp_path):
@@ -53,7 +53,8 @@ def test_environment_and_dotenv(clean_env, tmp_path):
 
 @pytest.mark.parametrize(("key", "value"), [("MAX_K", "0"), ("CACHE_TTL", "-1"), ("ENABLE_CACHING", "maybe"),
                                             ("LOG_LEVEL", "LOUD"), ("MAX_BATCH_SIZE", "0"), ("BLAS_THREADS", "x"),
-                                            ("API_WORKERS", "0"), ("MODEL_CALLS_IN_FLIGHT", "0")])
+                                            ("API_WORKERS", "0"), ("MODEL_CALLS_IN_FLIGHT", "0"),
+                                            ("MODEL_CALL_HOLD", "1.5"), ("MODEL_CALL_HOLD", "-0.1")])
 def test_invalid_values_are_rejected(clean_env, key, value):
     clean_env.setenv(key, value)
     with pytest.raises(ValidationError) as err:
