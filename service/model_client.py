@@ -14,9 +14,10 @@ Three things happen here, each for a reason measured in ``loadtest/results``:
   service's adaptive batching still merges the calls of several API workers or replicas.
 * **Holding the slot under load.** The model service scores one batch at a time, and BentoML's dispatcher does
   not merge two API workers' calls: while this worker's answer travels back, the other worker's call is being
-  scored, so a call sent at once would only queue behind it. After a call that carried several rows (the
-  sign of load), the slot is kept for ``hold`` × that call's duration (at most ``MAX_HOLD_S``) and the next
-  call leaves with the rows that arrived meanwhile. A lone request (one-row calls) is never held.
+  scored, so a call sent at once would only queue behind it. After a call that carried the rows of several
+  requests (the sign of load), the slot is kept for ``hold`` × that call's duration (at most ``MAX_HOLD_S``)
+  and the next call leaves with the rows that arrived meanwhile. A call of one request is never followed by a
+  hold, however many rows it carried: a lone client, even one sending /recommend/batch, is never slowed.
 * **One retry** after a 503 or a dropped connection (see :class:`ModelClient`).
 """
 
@@ -39,7 +40,8 @@ class Coalescer:
 
     ``call(rows)`` must return one answer per row, in order. A caller's rows are never split; a call carries at
     most ``max_rows`` rows unless a single caller brings more. A failed call fails every caller in it. After a
-    call of more than one row the slot stays taken for ``hold`` × its duration, capped at ``MAX_HOLD_S``.
+    call that carried several callers' rows the slot stays taken for ``hold`` × its duration, capped at
+    ``MAX_HOLD_S``.
     """
 
     MAX_HOLD_S = 0.02
@@ -103,7 +105,7 @@ class Coalescer:
                 if not future.done():
                     future.set_result(list(answers[at:at + len(r)]))
                 at += len(r)
-            if self.hold > 0 and len(rows) > 1:
+            if self.hold > 0 and len(take) > 1:
                 hold_s = min(self.hold * (loop.time() - started), self.MAX_HOLD_S)
         finally:
             if hold_s > 0:

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     max_latency_ms: int = Field(1000, ge=1)
     # the API coalesces concurrent rows into one model call while this many calls are outstanding
     model_calls_in_flight: int = Field(1, ge=1, le=64)
-    # after a call of several rows (load), its slot is kept for this fraction of the call's time (max 20 ms)
+    # after a call of several requests (load), its slot is kept for this fraction of the call's time (max 20 ms)
     model_call_hold: float = Field(0.6, ge=0.0, le=1.0)
     # request limits
     max_k: int = Field(500, ge=1, le=100_000)

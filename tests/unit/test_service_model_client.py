@@ -256,7 +256,7 @@ class SlowModel(FakeModel):
         return [np.array([r], dtype=np.float64) for r in rows.tolist()]
 
 
-def test_after_a_call_of_several_rows_the_slot_is_held_and_the_next_call_gathers_what_arrived():
+def test_after_a_call_of_several_callers_the_slot_is_held_and_the_next_call_gathers_what_arrived():
     async def scenario():
         model = SlowModel(0.3)
         c = Coalescer(model, max_rows=8, in_flight=1, hold=1.0)
@@ -264,10 +264,10 @@ def test_after_a_call_of_several_rows_the_slot_is_held_and_the_next_call_gathers
         first = asyncio.create_task(c.submit(rows(0)))
         await settle()
         pair = [asyncio.create_task(c.submit(rows(u))) for u in (1, 2)]
-        await first  # one-row call: no hold, the two queued rows leave together at once
+        await first  # a one-caller call: no hold, the two queued rows leave together at once
         await settle()
         assert model.batches == [[[0, 10]], [[1, 10], [2, 10]]] and c.holds == 0
-        await asyncio.gather(*pair)  # a two-row call: its slot is now held
+        await asyncio.gather(*pair)  # a call of two callers: its slot is now held
         late = [asyncio.create_task(c.submit(rows(u))) for u in (5, 6)]
         await settle()
         assert c.holds == 1 and len(model.batches) == 2  # nothing left during the hold
@@ -278,20 +278,26 @@ def test_after_a_call_of_several_rows_the_slot_is_held_and_the_next_call_gathers
     asyncio.run(scenario())
 
 
-def test_one_row_calls_are_never_held_and_hold_zero_never_holds():
-    async def scenario(hold: float, users: list[list[int]]) -> tuple[int, list]:
+def test_a_call_of_one_caller_is_never_followed_by_a_hold_whatever_its_rows_and_hold_zero_never_holds():
+    async def one_after_another(hold: float, groups: list[list[int]]) -> tuple[int, list]:
         model = SlowModel(0.0)
         c = Coalescer(model, max_rows=8, in_flight=1, hold=hold)
-        for group in users:  # one caller after another: each call carries the caller's rows only
+        for group in groups:  # each call carries one caller's rows (e.g. /recommend/batch from a lone client)
             await c.submit(rows(*group))
         return c.holds, model.batches
 
-    holds, batches = asyncio.run(scenario(1.0, [[1], [2], [3]]))
-    assert holds == 0 and len(batches) == 3
-    holds, batches = asyncio.run(scenario(0.0, [[1, 2], [3, 4]]))
-    assert holds == 0 and len(batches) == 2
-    holds, _ = asyncio.run(scenario(0.5, [[1, 2]]))
-    assert holds == 1  # control: the same two-row call with a hold is held
+    async def two_callers_behind_a_busy_call(hold: float) -> int:
+        model = SlowModel(0.05)
+        c = Coalescer(model, max_rows=8, in_flight=1, hold=hold)
+        first = asyncio.create_task(c.submit(rows(0)))
+        await settle()
+        await asyncio.gather(first, c.submit(rows(1)), c.submit(rows(2)))  # 1 and 2 share the second call
+        return c.holds
+
+    holds, batches = asyncio.run(one_after_another(1.0, [[1], [2, 3, 4], [5, 6]]))
+    assert holds == 0 and batches == [[[1, 10]], [[2, 10], [3, 10], [4, 10]], [[5, 10], [6, 10]]]
+    assert asyncio.run(two_callers_behind_a_busy_call(0.0)) == 0
+    assert asyncio.run(two_callers_behind_a_busy_call(0.5)) == 1  # control: the same calls with a hold
 
 
 @pytest.mark.parametrize("hold", [-0.1, 1.5])
