@@ -1,6 +1,6 @@
-"""How the API service talks to the model service: plain JSON, one retry, and concurrent row calls coalesced.
+"""How the API service talks to the model service: plain JSON, one retry, concurrent row calls coalesced.
 
-Three things happen here, each for a reason measured in ``loadtest/results``:
+Four things happen here, each for a reason measured in ``loadtest/results``:
 
 * **JSON, not pickle.** ``bentoml.depends`` talks to a dependency in BentoML's pickle format, so the model
   process would unpickle whatever reaches its socket. :func:`model_proxy` builds a :class:`ModelHTTP` client
