@@ -105,6 +105,7 @@ class Bench:
             targets.append(self.target(sweep, f"{server.url}/recommend", lambda c: bodies, pids))
             if batching and batch_endpoint:  # context for the served/in-process ratio: many users per request
                 targets.append(self.batch_endpoint_target(stack, n, tag, ids, label))
+                targets.append(self.hold_off_target(stack, n, tag, bodies, label))
         if self.args.probe_workers:
             targets.append(self.probe_target(stack, n, tag, bodies, label))
         return targets
@@ -125,6 +126,19 @@ class Bench:
                       extra={"users_per_request": per})
         return self.target(sweep, f"{server.url}/recommend/batch", lambda c: many, server_pids(server.proc.pid),
                            max_level=16)
+
+    def hold_off_target(self, stack: ExitStack, n: int, tag: str, bodies: list[bytes], label: str) -> Target:
+        """The batching-on bento with ``MODEL_CALL_HOLD=0``: each API worker sends its next model call at once,
+        side by side with the default hold (service/model_client.py)."""
+        from loadtest.servers import server_pids, start_bento
+
+        key = f"ours-{label}-hold-off"
+        server = start_bento(self.home, tag, batching=True, extra_env={"MODEL_CALL_HOLD": "0"},
+                             log_path=self.work / f"{key}.log")
+        stack.callback(server.stop)
+        sweep = Sweep(key, f"bento, {label} items, batching on, cache off, MODEL_CALL_HOLD=0", "bento", n,
+                      notes=["context: the API sends each model call at once instead of holding its slot under load"])
+        return self.target(sweep, f"{server.url}/recommend", lambda c: bodies, server_pids(server.proc.pid))
 
     def probe_target(self, stack: ExitStack, n: int, tag: str, bodies: list[bytes], label: str) -> Target:
         """Context: the same requests with the scoring inside the API process (loadtest/probe_inprocess.py)."""

@@ -57,7 +57,8 @@ def test_bench_quick_writes_the_report(tmp_path):
     results = json.loads(md.with_suffix(".json").read_text())
     keys = {s["key"] for s in results["sweeps"]}
     assert {"ours-6k-batching-on", "ours-6k-batching-off", "ours-6k-cache-hit", "ours-6k-cache-miss",
-            "mlflow-6k-w1"} <= keys
+            "mlflow-6k-w1", "ours-6k-hold-off"} <= keys
+    assert any(r["name"].startswith("MODEL_CALL_HOLD default / 0") and r["value"] for r in results["ratios"])
     assert all(s["failures"] == 0 and s["levels"] for s in results["sweeps"])
     assert [r["n_items"] for r in results["core"]] == [10_000]
     hit = next(s for s in results["sweeps"] if s["key"] == "ours-6k-cache-hit")
