@@ -88,8 +88,17 @@ class Bench:
         return Target(sweep, url, bodies, pids, **kw)
 
     # ----------------------------------------------------------------------------------------- servers
+    def serve_bento(self, stack: ExitStack, tag: str, log_name: str, **start_kw):
+        """``(server, pids)``: a bento started with ``start_kw`` (``loadtest.servers.start_bento``), stopped when
+        ``stack`` closes, its log in the work directory."""
+        from loadtest.servers import server_pids, start_bento
+
+        server = start_bento(self.home, tag, log_path=self.work / f"{log_name}.log", **start_kw)
+        stack.callback(server.stop)
+        return server, server_pids(server.proc.pid)
+
     def bento_targets(self, stack: ExitStack, n: int, tag: str, ids, label: str, batch_endpoint: bool) -> list[Target]:
-        from loadtest.servers import batching_off, server_pids, start_bento
+        from loadtest.servers import batching_off
         from loadtest.traffic import recommend_bodies
 
         bodies = recommend_bodies(ids, 4096, seed=1)
@@ -97,9 +106,7 @@ class Bench:
         for batching in (True, False):
             key = f"ours-{label}-batching-{'on' if batching else 'off'}"
             note = "MAX_BATCH_SIZE=64, MAX_LATENCY_MS=1000" if batching else batching_off()[2]
-            server = start_bento(self.home, tag, batching=batching, log_path=self.work / f"{key}.log")
-            stack.callback(server.stop)
-            pids = server_pids(server.proc.pid)
+            server, pids = self.serve_bento(stack, tag, key, batching=batching)
             sweep = Sweep(key, f"bento, {label} items, batching {'on' if batching else 'off'}, cache off", "bento", n,
                           notes=[note])
             targets.append(self.target(sweep, f"{server.url}/recommend", lambda c: bodies, pids))
@@ -113,32 +120,25 @@ class Bench:
     def batch_endpoint_target(self, stack: ExitStack, n: int, tag: str, ids, label: str) -> Target:
         """POST /recommend/batch on a bento of its own: its 32-row calls would retrain the adaptive batcher
         that the /recommend rows are measured on."""
-        from loadtest.servers import server_pids, start_bento
         from loadtest.traffic import batch_bodies
 
         per, key = BATCH_ENDPOINT_USERS, f"ours-{label}-batch-endpoint"
         many = batch_bodies(ids, 512, per, seed=2)
-        server = start_bento(self.home, tag, batching=True, log_path=self.work / f"{key}.log")
-        stack.callback(server.stop)
+        server, pids = self.serve_bento(stack, tag, key, batching=True)
         sweep = Sweep(key, f"bento, {label} items, POST /recommend/batch with {per} users per request "
                       f"(RPS = requests; users/s = {per} x RPS)", "bento", n,
                       notes=["context only: the per-request rows are the ones compared with the targets"],
                       extra={"users_per_request": per})
-        return self.target(sweep, f"{server.url}/recommend/batch", lambda c: many, server_pids(server.proc.pid),
-                           max_level=16)
+        return self.target(sweep, f"{server.url}/recommend/batch", lambda c: many, pids, max_level=16)
 
     def hold_off_target(self, stack: ExitStack, n: int, tag: str, bodies: list[bytes], label: str) -> Target:
         """The batching-on bento with ``MODEL_CALL_HOLD=0``: each API worker sends its next model call at once,
         side by side with the default hold (service/model_client.py)."""
-        from loadtest.servers import server_pids, start_bento
-
         key = f"ours-{label}-hold-off"
-        server = start_bento(self.home, tag, batching=True, extra_env={"MODEL_CALL_HOLD": "0"},
-                             log_path=self.work / f"{key}.log")
-        stack.callback(server.stop)
+        server, pids = self.serve_bento(stack, tag, key, batching=True, extra_env={"MODEL_CALL_HOLD": "0"})
         sweep = Sweep(key, f"bento, {label} items, batching on, cache off, MODEL_CALL_HOLD=0", "bento", n,
                       notes=["context: the API sends each model call at once instead of holding its slot under load"])
-        return self.target(sweep, f"{server.url}/recommend", lambda c: bodies, server_pids(server.proc.pid))
+        return self.target(sweep, f"{server.url}/recommend", lambda c: bodies, pids)
 
     def probe_target(self, stack: ExitStack, n: int, tag: str, bodies: list[bytes], label: str) -> Target:
         """Context: the same requests with the scoring inside the API process (loadtest/probe_inprocess.py)."""
@@ -158,17 +158,15 @@ class Bench:
         import redis
 
         from loadtest.client import post_all
-        from loadtest.servers import server_pids, start_bento
         from loadtest.traffic import recommend_bodies
         from tests.servers import RedisServer
 
         redis_server = RedisServer(self.work / "redis").start()
         stack.callback(redis_server.stop)
         client = redis.Redis.from_url(redis_server.url)
-        server = start_bento(self.home, tag, batching=True, cache=True, redis_url=redis_server.url,
-                             log_path=self.work / f"cache-{label}.log", extra_env={"CACHE_TTL": "7200"})
-        stack.callback(server.stop)
-        url, pids = f"{server.url}/recommend", server_pids(server.proc.pid)
+        server, pids = self.serve_bento(stack, tag, f"cache-{label}", batching=True, cache=True,
+                                        redis_url=redis_server.url, extra_env={"CACHE_TTL": "7200"})
+        url = f"{server.url}/recommend"
 
         def keyspace() -> tuple[int, int]:
             info = client.info("stats")
