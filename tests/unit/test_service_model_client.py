@@ -12,16 +12,18 @@ from service.model_client import Coalescer, ModelClient
 
 
 class FakeModel:
-    """Answers each row ``[u, n]`` with ``[[u, n]]``; holds every call until ``release`` is set."""
+    """Answers each row ``[u, n]`` with ``[[u, n]]``; holds every call until ``release`` is set, then ``seconds``."""
 
-    def __init__(self, fail_on: int | None = None, short: bool = False) -> None:
+    def __init__(self, fail_on: int | None = None, short: bool = False, seconds: float = 0.0) -> None:
         self.batches: list[list[list[int]]] = []
         self.release = asyncio.Event()
-        self.fail_on, self.short = fail_on, short
+        self.fail_on, self.short, self.seconds = fail_on, short, seconds
 
     async def __call__(self, rows: np.ndarray) -> list[np.ndarray]:
-        self.batches.append(rows.tolist())
+        self.batches.append(rows.tolist())  # recorded when the call leaves
         await self.release.wait()
+        if self.seconds:
+            await asyncio.sleep(self.seconds)
         if self.fail_on is not None and self.fail_on in rows[:, 0]:
             raise ValueError(f"row {self.fail_on} is poison")
         answers = [np.array([r], dtype=np.float64) for r in rows.tolist()]
@@ -243,22 +245,16 @@ def test_max_batch_size_1_serves_the_row_apis_unbatched(size, batchable):
         assert out[2] == size
 
 
-class SlowModel(FakeModel):
-    """Each call takes ``seconds`` (so a held slot has a known, long duration) and then answers."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-
-    async def __call__(self, rows: np.ndarray) -> list[np.ndarray]:
-        self.batches.append(rows.tolist())  # recorded when the call leaves
-        await asyncio.sleep(self.seconds)
-        return [np.array([r], dtype=np.float64) for r in rows.tolist()]
+def slow_model(seconds: float) -> FakeModel:
+    """A model whose every call takes ``seconds`` (so a held slot has a known, long duration)."""
+    model = FakeModel(seconds=seconds)
+    model.release.set()
+    return model
 
 
 def test_after_a_call_of_several_callers_the_slot_is_held_and_the_next_call_gathers_what_arrived():
     async def scenario():
-        model = SlowModel(0.3)
+        model = slow_model(0.3)
         c = Coalescer(model, max_rows=8, in_flight=1, hold=1.0)
         c.MAX_HOLD_S = 0.2  # hold = min(1.0 x 0.3 s, 0.2 s): long against the few loop turns checked below
         first = asyncio.create_task(c.submit(rows(0)))
@@ -280,14 +276,14 @@ def test_after_a_call_of_several_callers_the_slot_is_held_and_the_next_call_gath
 
 def test_a_call_of_one_caller_is_never_followed_by_a_hold_whatever_its_rows_and_hold_zero_never_holds():
     async def one_after_another(hold: float, groups: list[list[int]]) -> tuple[int, list]:
-        model = SlowModel(0.0)
+        model = slow_model(0.0)
         c = Coalescer(model, max_rows=8, in_flight=1, hold=hold)
         for group in groups:  # each call carries one caller's rows (e.g. /recommend/batch from a lone client)
             await c.submit(rows(*group))
         return c.holds, model.batches
 
     async def two_callers_behind_a_busy_call(hold: float) -> int:
-        model = SlowModel(0.05)
+        model = slow_model(0.05)
         c = Coalescer(model, max_rows=8, in_flight=1, hold=hold)
         first = asyncio.create_task(c.submit(rows(0)))
         await settle()
