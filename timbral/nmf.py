@@ -122,7 +122,7 @@ class NMFRecommender:
     def _cache_derived(self) -> None:
         norms = np.linalg.norm(self.item_factors, axis=1)
         self._item_unit = (self.item_factors / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
-        self._gram = None
+        self._fold_in_system = None  # factored once, on the first fold-in
 
     # ------------------------------------------------------------------ queries
     @property
@@ -221,9 +221,9 @@ class NMFRecommender:
         l1, l2 = self.params.user_penalties(self.n_items)
         if self.params.beta_loss != "frobenius":
             return fold_in_multiplicative(Xw, self.item_factors, l1, l2)
-        if self._gram is None:
-            self._gram = least_squares_system(self.item_factors, l2)
-        return fold_in_least_squares(Xw, self.item_factors, self._gram, l1)
+        if self._fold_in_system is None:
+            self._fold_in_system = least_squares_system(self.item_factors, l2)
+        return fold_in_least_squares(Xw, self.item_factors, self._fold_in_system, l1)
 
     def recommend_ids(self, user_ids: Sequence[object], n: int = 10, *, exclude_seen: bool = True) -> list[dict[str, Any]]:
         """Id-level answers in input order: known users get their top ``n`` (strategy "personalized"), unknown
