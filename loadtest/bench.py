@@ -1,7 +1,8 @@
 """``make bench``: one command, one run, every row measured side by side on this machine; the report goes to
 ``loadtest/results/<date>.md`` and ``.json`` (figures and ratios, never pass/fail on absolute times).
 
-1. the physical limit: in-process scoring throughput of the core (``bench_core``);
+1. the physical limit: in-process scoring throughput of the core (``bench_core``); for the largest served
+   size it is measured again at every load level, between the served rows (the ratio's denominator);
 2. the bento served with adaptive batching on and off, 50k and 200k items (``bench_served``);
 3. the peer: ``mlflow models serve`` of the same fitted 50k-item model, same load;
 4. the cache: the same load with every answer cached vs none;
@@ -223,7 +224,7 @@ class Bench:
         self.log(f"timbral bench: {meta['cpu']} x{meta['cores']}, load average {meta['loadavg_start']}")
         self.log("1. physical limit (in-process core)")
         core = bench_core.run(_ints(args.core_sizes), args.factors, args.core_seconds, self.log)
-        models = []
+        models, limit = [], None
         for i, n in enumerate(self.served_sizes):
             label = f"{n // 1000}k" if n >= 1000 else str(n)
             spec = ModelSpec(n_items=n, factors=args.factors, fitted=n <= args.fit_max_items)
@@ -240,12 +241,24 @@ class Bench:
                 if i == 0 and not args.skip_mlflow:
                     targets += self.mlflow_targets(stack, n, model, ids, label)
                 del model
-                run_interleaved(targets, self.levels, args.duration, args.warmup, 0.5 if args.quick else 3.0, self.log)
+                alongside = None
+                if i == len(self.served_sizes) - 1:  # the size of the served / in-process ratio
+                    limit = bench_core.LimitProbe(n, args.factors)
+                    alongside = self.limit_alongside(limit)
+                run_interleaved(targets, self.levels, args.duration, args.warmup, 0.5 if args.quick else 3.0, self.log,
+                                alongside=alongside)
         meta.update(bench_report.end_meta(started))
         return {"meta": {**meta, "models": models, "levels": self.levels, "duration_s": args.duration,
                          "warmup_s": args.warmup, "factors": args.factors, "quick": args.quick,
                          "served_sizes": self.served_sizes, "notes": self.notes},
-                "core": core, "sweeps": [s.as_dict() for s in self.sweeps]}
+                "core": core, "core_alongside": limit.as_dict() if limit else None,
+                "sweeps": [s.as_dict() for s in self.sweeps]}
+
+    def limit_alongside(self, limit: bench_core.LimitProbe):
+        def measure(c: int) -> None:
+            users_per_s = limit.measure(self.args.core_seconds, concurrency=c)
+            self.log(f"    {'in-process limit':<28} c={c:<3} {users_per_s:8.1f} users/s (batches of {limit.batch})")
+        return measure
 
 
 def main(argv=None) -> int:

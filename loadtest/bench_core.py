@@ -48,18 +48,56 @@ def _timed(fn: Callable[[int], None], seconds: float, min_calls: int = 3) -> tup
     return times, time.perf_counter() - started, time.thread_time() - cpu0
 
 
-def measure_catalog(n_items: int, factors: int = 64, batch: int = 64, seconds: float = 3.0, seed: int = 0,
-                    naive: bool = True) -> dict:
+def _workload(n_items: int, factors: int, seed: int):
+    """``(model, user vectors, seen lists)``: random factors for ``n_items`` items and ``POOL_USERS`` users."""
     rng = np.random.default_rng(seed)
     item_factors = rng.random((n_items, factors), dtype=np.float32)
     users = rng.random((POOL_USERS, factors), dtype=np.float32)
     seen = list(rng.integers(0, n_items, size=(POOL_USERS, SEEN_PER_USER)))  # a rare repeat masks nothing new
-    model = _core_model(item_factors)
+    return _core_model(item_factors), users, seen
+
+
+def _batched_call(model, users: np.ndarray, seen: list, batch: int) -> Callable[[int], None]:
     n_batches = POOL_USERS // batch
 
     def batched(i: int) -> None:
         lo = (i % n_batches) * batch
         model.recommend_vectors(users[lo:lo + batch], K, seen=seen[lo:lo + batch])
+    return batched
+
+
+class LimitProbe:
+    """The batched limit of one catalogue size, measured again and again *beside* the served rows.
+
+    The machine's speed drifts within a run (a shared host): a limit measured only at the start, minutes
+    before the served sweep it is compared with, can be off either way. The benchmark calls
+    :meth:`measure` once per load level, between the served measurements, on a workload built once.
+    """
+
+    def __init__(self, n_items: int, factors: int = 64, batch: int = 64, seed: int = 0) -> None:
+        self.n_items, self.batch = n_items, batch
+        self._call = _batched_call(*_workload(n_items, factors, seed), batch)
+        self.readings: list[dict] = []
+
+    def measure(self, seconds: float, concurrency: int | None = None) -> float:
+        """Batched users/s over ``seconds``; kept in ``readings`` with the load level it was taken at."""
+        times, wall, _ = _timed(self._call, seconds)
+        users_per_s = len(times) * self.batch / wall
+        self.readings.append({"concurrency": concurrency, "batched_users_per_s": users_per_s})
+        return users_per_s
+
+    def as_dict(self) -> dict:
+        values = sorted(r["batched_users_per_s"] for r in self.readings)
+        return {"n_items": self.n_items, "batch": self.batch, "readings": self.readings,
+                "median_users_per_s": float(np.median(values)) if values else None}
+
+
+def measure_catalog(n_items: int, factors: int = 64, batch: int = 64, seconds: float = 3.0, seed: int = 0,
+                    naive: bool = True) -> dict:
+    model, users, seen = _workload(n_items, factors, seed)
+    item_factors = model.item_factors
+    n_batches = POOL_USERS // batch
+    batched = _batched_call(model, users, seen, batch)
 
     def single(i: int) -> None:
         u = i % POOL_USERS

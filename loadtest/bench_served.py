@@ -67,12 +67,18 @@ class Target:
 
 
 def run_interleaved(targets: list[Target], levels: list[int], duration: float, warmup: float,
-                    settle_s: float = 3.0, log=print) -> None:
-    """Measure every target at every level (its ``max_level`` allowing), rotating the order per level."""
+                    settle_s: float = 3.0, log=print, alongside: Callable[[int], None] | None = None) -> None:
+    """Measure every target at every level (its ``max_level`` allowing), rotating the order per level.
+
+    ``alongside(level)``, when given, runs once per level before the targets (the in-process limit, measured
+    between the served rows it is compared with: ``bench_core.LimitProbe``).
+    """
     if settle_s > 0:
         for t in targets:
             closed_loop(t.url, t.bodies(0), min(8, max(levels)), settle_s, warmup=0.0)
     for i, c in enumerate(levels):
+        if alongside is not None:
+            alongside(c)
         shift = i % max(1, len(targets))
         for t in targets[shift:] + targets[:shift]:
             if t.max_level is not None and c > t.max_level:

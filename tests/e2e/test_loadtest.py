@@ -61,6 +61,10 @@ def test_bench_quick_writes_the_report(tmp_path):
     assert any(r["name"].startswith("MODEL_CALL_HOLD default / 0") and r["value"] for r in results["ratios"])
     assert all(s["failures"] == 0 and s["levels"] for s in results["sweeps"])
     assert [r["n_items"] for r in results["core"]] == [10_000]
+    # the limit of the served size (6k) is measured beside the served rows, once per level, and is the ratio's base
+    assert [r["concurrency"] for r in results["core_alongside"]["readings"]] == [1, 4]
+    served = next(r for r in results["ratios"] if r["name"].startswith("served / in-process"))
+    assert served["value"] and "beside the served levels" in served["detail"]
     hit = next(s for s in results["sweeps"] if s["key"] == "ours-6k-cache-hit")
     assert all(v["hit_ratio"] > 0.9 for v in hit["extra"]["redis"].values())
     assert "## Headline" in md.read_text()

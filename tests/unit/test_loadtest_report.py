@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from loadtest import bench_report
-from loadtest.bench_core import measure_catalog, naive_topk
+from loadtest.bench_core import LimitProbe, measure_catalog, naive_topk
 from loadtest.bench_served import Sweep
 from loadtest.client import LevelResult, closed_loop, latency_stats, post_all
 
@@ -102,6 +102,32 @@ def test_ratios_against_the_targets():
     assert by_name["cached / uncached"]["value"] == pytest.approx(3000 / 700) and not by_name["cached / uncached"]["met"]
     failures = next(r for r in bench_report.ratios(res) if r.get("kind") == "count")
     assert failures["value"] == 3 and not failures["met"]
+
+
+def test_served_ratio_divides_by_the_limit_measured_beside_the_served_rows(tmp_path):
+    res = results()
+    res["core_alongside"] = {"n_items": 200_000, "batch": 64, "median_users_per_s": 1000.0,
+                             "readings": [{"concurrency": 1, "batched_users_per_s": 900.0},
+                                          {"concurrency": 64, "batched_users_per_s": 1000.0}]}
+    served = next(r for r in bench_report.ratios(res) if r["name"].startswith("served / in-process"))
+    assert served["value"] == pytest.approx(600 / 1000) and served["met"]  # 600 / 2000 (start of the run) misses
+    assert "beside the served levels" in served["detail"]
+    res["ratios"] = bench_report.ratios(res)
+    md, _ = bench_report.write(res, tmp_path)
+    assert "c=1: 900, c=64: 1,000; median 1,000" in md.read_text()
+    # readings of another size are not this ratio's denominator
+    res["core_alongside"]["n_items"] = 50_000
+    served = next(r for r in bench_report.ratios(res) if r["name"].startswith("served / in-process"))
+    assert served["value"] == pytest.approx(600 / 2000) and "start of the run" in served["detail"]
+
+
+def test_limit_probe_keeps_a_reading_per_call():
+    probe = LimitProbe(3000, factors=8, batch=16)
+    assert probe.measure(0.05, concurrency=4) > 0 and probe.measure(0.05, concurrency=16) > 0
+    out = probe.as_dict()
+    assert [r["concurrency"] for r in out["readings"]] == [4, 16] and out["n_items"] == 3000
+    assert min(r["batched_users_per_s"] for r in out["readings"]) <= out["median_users_per_s"]
+    assert LimitProbe(3000, factors=8).as_dict()["median_users_per_s"] is None
 
 
 def test_report_files(tmp_path):
