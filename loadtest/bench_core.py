@@ -87,7 +87,7 @@ class LimitProbe:
         return users_per_s
 
     def as_dict(self) -> dict:
-        values = sorted(r["batched_users_per_s"] for r in self.readings)
+        values = [r["batched_users_per_s"] for r in self.readings]
         return {"n_items": self.n_items, "batch": self.batch, "readings": self.readings,
                 "median_users_per_s": float(np.median(values)) if values else None}
 
