@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from service.cache import ResponseCache
 from service.catalog import Catalog
@@ -20,13 +21,28 @@ from service.metrics import count_strategy
 from service.model_client import ModelClient
 from service.schemas import (
     BatchRecommendRequest,
+    BatchRecommendResponse,
     HistoryRequest,
+    HistoryResponse,
     RecommendRequest,
+    RecommendResponse,
     ScoreRequest,
+    ScoreResponse,
     SimilarItemsRequest,
+    SimilarItemsResponse,
+    error_body,
 )
 
 PERSONALIZED, POPULAR = "personalized", "popular"
+# route → (request model, response model, Answerer method). The BentoML API methods (service.service) and the
+# direct lane in front of them (service.direct_answers) both answer through ``Answerer.respond`` and this table.
+ENDPOINTS: dict[str, tuple[type[BaseModel], type[BaseModel], str]] = {
+    "/recommend": (RecommendRequest, RecommendResponse, "recommend"),
+    "/recommend/batch": (BatchRecommendRequest, BatchRecommendResponse, "recommend_batch"),
+    "/recommend/history": (HistoryRequest, HistoryResponse, "history"),
+    "/similar-items": (SimilarItemsRequest, SimilarItemsResponse, "similar"),
+    "/score": (ScoreRequest, ScoreResponse, "score"),
+}
 
 
 class NotFoundError(LookupError):
@@ -38,6 +54,15 @@ class NotFoundError(LookupError):
 class Answerer:
     def __init__(self, catalog: Catalog, model: ModelClient, cache: ResponseCache) -> None:
         self.catalog, self.model, self.cache = catalog, model, cache
+
+    async def respond(self, route: str, request: BaseModel) -> tuple[int, BaseModel | dict[str, Any]]:
+        """``(200, response model)`` for a validated request to ``route``, or ``(404, error body)`` when
+        /similar-items names an unknown item."""
+        _, response, method = ENDPOINTS[route]
+        try:
+            return 200, response.model_validate(await getattr(self, method)(request))
+        except NotFoundError as exc:
+            return 404, error_body(exc.message, exc.field, "not_found")
 
     # ---------------------------------------------------------------------------------------- helpers
     def _items(self, indices: Sequence[int], scores: Sequence[float]) -> list[dict[str, Any]]:

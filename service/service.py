@@ -23,10 +23,11 @@ from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI
 from starlette.responses import JSONResponse
 
-from service.answers import Answerer, NotFoundError
+from service.answers import ENDPOINTS, Answerer
 from service.cache import ResponseCache
 from service.cache_front import CachedAnswers
 from service.catalog import Catalog
+from service.direct_answers import DirectAnswers
 from service.guard import GuardMiddleware, RateLimiter
 from service.logs import RequestMiddleware, configure_logging
 from service.model_client import ModelClient, model_proxy
@@ -45,7 +46,6 @@ from service.schemas import (
     ScoreResponse,
     SimilarItemsRequest,
     SimilarItemsResponse,
-    error_body,
 )
 from service.settings import get_settings
 
@@ -97,38 +97,34 @@ class Timbral:
                 "model_version": self.catalog.version, "redis": redis, "redis_url": self.cache.url_redacted,
                 "rate_limit": rate_limit, "detail": detail}
 
+    async def _respond(self, route: str, fields: dict[str, Any]) -> Any:
+        status, body = await self.answers.respond(route, ENDPOINTS[route][0].model_validate(fields))
+        return body if status == 200 else JSONResponse(body, status_code=status)
+
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
     async def recommend(self, **fields: Any) -> RecommendResponse:
         """Top-k items for a user; unknown users get the most popular items (strategy "popular")."""
-        answer = await self.answers.recommend(RecommendRequest.model_validate(fields))
-        return RecommendResponse.model_validate(answer)
+        return await self._respond("/recommend", fields)
 
     @bentoml.api(route="/recommend/batch", input_spec=BatchRecommendRequest)
     async def recommend_batch(self, **fields: Any) -> BatchRecommendResponse:
         """Top-k items for up to MAX_BATCH_USERS users, one result per user in the order given."""
-        answer = await self.answers.recommend_batch(BatchRecommendRequest.model_validate(fields))
-        return BatchRecommendResponse.model_validate(answer)
+        return await self._respond("/recommend/batch", fields)
 
     @bentoml.api(route="/recommend/history", input_spec=HistoryRequest)
     async def recommend_history(self, **fields: Any) -> HistoryResponse:
         """Recommendations for a listener the model has never seen, from a listening history (fold-in)."""
-        answer = await self.answers.history(HistoryRequest.model_validate(fields))
-        return HistoryResponse.model_validate(answer)
+        return await self._respond("/recommend/history", fields)
 
     @bentoml.api(route="/similar-items", input_spec=SimilarItemsRequest)
     async def similar_items(self, **fields: Any) -> SimilarItemsResponse:
         """Items nearest to an item (cosine of item factors). Unknown item: 404."""
-        try:
-            answer = await self.answers.similar(SimilarItemsRequest.model_validate(fields))
-        except NotFoundError as exc:
-            return JSONResponse(error_body(exc.message, exc.field, "not_found"), status_code=404)  # type: ignore[return-value]
-        return SimilarItemsResponse.model_validate(answer)
+        return await self._respond("/similar-items", fields)
 
     @bentoml.api(route="/score", input_spec=ScoreRequest)
     async def score(self, **fields: Any) -> ScoreResponse:
         """Score of each item for a user (null for unknown items; popularity counts for unknown users)."""
-        answer = await self.answers.score(ScoreRequest.model_validate(fields))
-        return ScoreResponse.model_validate(answer)
+        return await self._respond("/score", fields)
 
 
 def _service() -> Timbral:
@@ -143,6 +139,13 @@ def _front() -> tuple[ResponseCache, str] | None:
     return svc.cache, svc.catalog.cache_namespace
 
 
+def _answerer() -> Answerer | None:
+    try:
+        return _service().answers
+    except BentoMLException:  # no service instance yet
+        return None
+
+
 def _limiter() -> RateLimiter | None:
     try:
         return _service().limiter
@@ -155,6 +158,8 @@ Timbral.add_asgi_middleware(RequestMiddleware, json_paths=POST_ROUTES, known_pat
 Timbral.add_asgi_middleware(GuardMiddleware, max_body=_S.max_request_size, limiter=_limiter,
                             trust_forwarded_for=_S.trust_forwarded_for)
 Timbral.add_asgi_middleware(CachedAnswers, get_front=_front)  # repeated bodies answered before routing
+if _S.direct_answers and not _S.tracing_enabled:  # valid requests answered before BentoML's routing and IO layer
+    Timbral.add_asgi_middleware(DirectAnswers, get_answerer=_answerer)
 
 
 @ops.get("/model", response_model=ModelInfo, summary="The served model: registry version, run, metrics, size")

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     trust_forwarded_for: bool = Field(False, description="key clients by X-Forwarded-For (behind nginx only)")
     # process
     api_workers: int = Field(2, ge=1, le=64, description="API service worker processes")
+    # valid POST bodies answered by our middleware, ahead of BentoML's per-request layer (service/direct_answers.py)
+    direct_answers: bool = Field(True, description="answer valid POST bodies before BentoML's routing and IO layer")
     # BentoML's OpenTelemetry request spans; off (the default) skips its tracing middleware in both services
     tracing_enabled: bool = Field(False, description="keep BentoML's request tracing (exporter set in BentoML's config)")
     log_level: str = Field("INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")

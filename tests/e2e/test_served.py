@@ -293,6 +293,26 @@ def test_logs_are_json_lines_without_secrets(served):
     assert re.search(r'\{"ts": .*"request_id": "trace-me-123".*"endpoint": "/recommend".*"latency_ms"', text)
 
 
+def test_valid_bodies_take_the_direct_lane_and_invalid_ones_bentomls_route(served):
+    """service.direct_answers is installed in a served bento: a valid body is answered by it (its log line says
+    so); a body that does not validate reaches BentoML's route and gets BentoML's field-by-field 400."""
+    import json
+
+    fresh = {"user_id": "u4", "k": 4, "exclude_items": [f"never-cached-{time.time_ns()}"]}  # not a cache hit
+    valid = post(served, "/recommend", fresh, headers={"x-request-id": "lane-valid-1"})
+    invalid = post(served, "/recommend", {"user_id": "u4", "k": 0}, headers={"x-request-id": "lane-invalid-1"})
+    assert valid.status_code == 200 and len(valid.json()["items"]) == 4
+    assert invalid.status_code == 400 and invalid.json()["detail"][0]["loc"] == ["k"]
+    time.sleep(0.5)
+    lines = {}
+    for line in served.log_path.read_text(errors="replace").splitlines():
+        if '"request_id": "lane-' in line:
+            entry = json.loads(line)
+            lines[entry["request_id"]] = entry
+    assert lines["lane-valid-1"]["lane"] == "direct" and lines["lane-valid-1"]["status"] == 200
+    assert "lane" not in lines["lane-invalid-1"] and lines["lane-invalid-1"]["status"] == 400
+
+
 # ------------------------------------------------------------------------------------------------- faults
 def _wait_until(predicate, timeout: float = 20.0, step: float = 0.25) -> bool:
     deadline = time.monotonic() + timeout

@@ -5,35 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-import pytest
-
-from service.settings import get_settings
-from tests.e2e.helpers import fit_small_model, store_model
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """(Timbral instance, TimbralModel instance, the fitted core model) over a throwaway model store."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
-    from bentoml._internal.models import ModelStore
-
-    home = tmp_path_factory.mktemp("bentoml-inprocess")
-    core = fit_small_model(seed=4)
-    tag = store_model(core, home, version="7")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("MODEL_TAG", tag)
-    patch.setenv("ENABLE_CACHING", "false")
-    patch.setenv("RATE_LIMIT_ENABLED", "false")  # no Redis here: the limiter's /health ping would look for one
-    get_settings.cache_clear()
-    BentoMLContainer.model_store.set(ModelStore(home / "models"))
-    try:
-        from service import Timbral, TimbralModel
-
-        yield Timbral(), TimbralModel(), core
-    finally:
-        BentoMLContainer.model_store.reset()
-        patch.undo()
-        get_settings.cache_clear()
 
 
 def run(coro):
