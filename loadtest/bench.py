@@ -37,6 +37,12 @@ from loadtest.bench_served import Sweep, Target, run_interleaved  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH_ENDPOINT_USERS = 32
+# context rows of the largest size: (key suffix, one setting changed, what it shows)
+VARIANTS = [
+    ("hold-off", {"MODEL_CALL_HOLD": "0"}, "the API sends each model call at once instead of holding its slot under load"),
+    ("direct-off", {"DIRECT_ANSWERS": "false"},
+     "every request through BentoML's route instead of the direct lane (service/direct_answers.py)"),
+]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -113,7 +119,8 @@ class Bench:
             targets.append(self.target(sweep, f"{server.url}/recommend", lambda c: bodies, pids))
             if batching and batch_endpoint:  # context for the served/in-process ratio: many users per request
                 targets.append(self.batch_endpoint_target(stack, n, tag, ids, label))
-                targets.append(self.hold_off_target(stack, n, tag, bodies, label))
+                for variant in VARIANTS:
+                    targets.append(self.variant_target(stack, n, tag, bodies, label, *variant))
         if self.args.probe_workers:
             targets.append(self.probe_target(stack, n, tag, bodies, label))
         return targets
@@ -132,13 +139,14 @@ class Bench:
                       extra={"users_per_request": per})
         return self.target(sweep, f"{server.url}/recommend/batch", lambda c: many, pids, max_level=16)
 
-    def hold_off_target(self, stack: ExitStack, n: int, tag: str, bodies: list[bytes], label: str) -> Target:
-        """The batching-on bento with ``MODEL_CALL_HOLD=0``: each API worker sends its next model call at once,
-        side by side with the default hold (service/model_client.py)."""
-        key = f"ours-{label}-hold-off"
-        server, pids = self.serve_bento(stack, tag, key, batching=True, extra_env={"MODEL_CALL_HOLD": "0"})
-        sweep = Sweep(key, f"bento, {label} items, batching on, cache off, MODEL_CALL_HOLD=0", "bento", n,
-                      notes=["context: the API sends each model call at once instead of holding its slot under load"])
+    def variant_target(self, stack: ExitStack, n: int, tag: str, bodies: list[bytes], label: str, suffix: str,
+                       env: dict[str, str], note: str) -> Target:
+        """The batching-on bento with one setting changed (``VARIANTS``), measured side by side with the default."""
+        key = f"ours-{label}-{suffix}"
+        server, pids = self.serve_bento(stack, tag, key, batching=True, extra_env=env)
+        setting = ", ".join(f"{k}={v}" for k, v in env.items())
+        sweep = Sweep(key, f"bento, {label} items, batching on, cache off, {setting}", "bento", n,
+                      notes=[f"context: {note}"], extra={"env": env})
         return self.target(sweep, f"{server.url}/recommend", lambda c: bodies, pids)
 
     def probe_target(self, stack: ExitStack, n: int, tag: str, bodies: list[bytes], label: str) -> Target:

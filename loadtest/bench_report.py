@@ -108,11 +108,13 @@ def ratios(results: dict) -> list[dict[str, Any]]:
                      "value": _ratio(users, limit), "target": None,
                      "detail": f"{users:.0f} users/s at {batch['extra']['users_per_request']} users per request",
                      "kind": "info"})
-    hold_off = _level(_sweep(results, f"ours-{large}-hold-off"), top)
-    if hold_off and on_top:
-        rows.append({"name": f"MODEL_CALL_HOLD default / 0 ({large} items, RPS at {top} clients)",
-                     "value": _ratio(on_top["rps"], hold_off["rps"]), "target": None,
-                     "detail": "the API holding its model-call slot under load, against sending at once", "kind": "info"})
+    for suffix, name, detail in (
+            ("hold-off", "MODEL_CALL_HOLD default / 0", "the API holding its model-call slot under load, against sending at once"),
+            ("direct-off", "DIRECT_ANSWERS true / false", "the direct lane, against every request through BentoML's route")):
+        variant = _level(_sweep(results, f"ours-{large}-{suffix}"), top)
+        if variant and on_top:
+            rows.append({"name": f"{name} ({large} items, RPS at {top} clients)",
+                         "value": _ratio(on_top["rps"], variant["rps"]), "target": None, "detail": detail, "kind": "info"})
     probe_small, probe_large = _sweep(results, f"probe-{small}-inprocess"), _sweep(results, f"probe-{large}-inprocess")
     if probe_small and best_mlflow:
         rows.append({"name": f"probe (scoring in the API process) / mlflow models serve ({small} items, max RPS at "

@@ -57,8 +57,9 @@ def test_bench_quick_writes_the_report(tmp_path):
     results = json.loads(md.with_suffix(".json").read_text())
     keys = {s["key"] for s in results["sweeps"]}
     assert {"ours-6k-batching-on", "ours-6k-batching-off", "ours-6k-cache-hit", "ours-6k-cache-miss",
-            "mlflow-6k-w1", "ours-6k-hold-off"} <= keys
-    assert any(r["name"].startswith("MODEL_CALL_HOLD default / 0") and r["value"] for r in results["ratios"])
+            "mlflow-6k-w1", "ours-6k-hold-off", "ours-6k-direct-off"} <= keys
+    for context in ("MODEL_CALL_HOLD default / 0", "DIRECT_ANSWERS true / false"):
+        assert any(r["name"].startswith(context) and r["value"] for r in results["ratios"]), context
     assert all(s["failures"] == 0 and s["levels"] for s in results["sweeps"])
     assert [r["n_items"] for r in results["core"]] == [10_000]
     # the limit of the served size (6k) is measured beside the served rows, once per level, and is the ratio's base
