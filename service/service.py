@@ -3,7 +3,8 @@
 Serve with ``bentoml serve service:Timbral`` (production mode: the API and the model service run as separate
 processes, and the model service batches). POST endpoints are BentoML APIs; the GET endpoints (``/model``,
 ``/ping``, ``/health``) are a small FastAPI app mounted on the service. All appear in the OpenAPI document
-(Swagger UI at ``/``, JSON at ``/docs.json``).
+(Swagger UI at ``/``, JSON at ``/docs.json``). A valid POST body is answered by ``service.direct_answers``
+ahead of BentoML's route, through the same ``Answerer.respond`` the API methods call (``DIRECT_ANSWERS``).
 
 Errors: invalid input → 400 with ``detail[].loc`` naming the field and ``msg`` the rule (BentoML's validation
 errors); unknown item for /similar-items → 404; a body that is not JSON → 415; a body over MAX_REQUEST_SIZE →
