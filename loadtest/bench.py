@@ -270,6 +270,7 @@ class Bench:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     bench = Bench(args)
     try:
@@ -277,6 +278,7 @@ def main(argv=None) -> int:
     finally:
         if args.workdir is None:
             shutil.rmtree(bench.work, ignore_errors=True)
+    results["meta"]["argv"] = argv  # the report names the command that produced it
     results["ratios"] = bench_report.ratios(results)
     md_path, json_path = bench_report.write(results, Path(args.out))
     print(bench_report.headline_text(results))

@@ -201,6 +201,16 @@ def sweep_rows(sweep: dict) -> list[str]:
     return lines
 
 
+def command_of(meta: dict) -> str:
+    """The command that produced the report: ``make bench``, or the module with the arguments it was given."""
+    import shlex
+
+    argv = meta.get("argv")
+    if argv is None:  # reports written before the arguments were recorded
+        return "make bench" + (" (--quick)" if meta.get("quick") else "")
+    return "make bench" if not argv else f"python -m loadtest.bench {shlex.join(argv)}"
+
+
 def markdown(results: dict) -> str:
     m = results["meta"]
     levels = [r for s in results["sweeps"] for r in s["levels"]]
@@ -210,7 +220,7 @@ def markdown(results: dict) -> str:
     blas = "; ".join(f"{b.get('internal_api')} {b.get('version')} threads={b.get('num_threads')}" for b in m["blas"])
     out = [
         f"# Timbral serving benchmark — {m['date']}", "",
-        f"`make bench` {'(--quick) ' if m['quick'] else ''}on {m['cpu']}, {m['cores']} cores; "
+        f"`{command_of(m)}` on {m['cpu']}, {m['cores']} cores; "
         f"load average {m['loadavg_start']} at start, {m['loadavg_end']} at end; {m['total_minutes']} min in all.",
         f"Python {m['python']}; {versions}.",
         f"BLAS pinned: {blas}; env {m['blas_env']}; the model service runs with BLAS_THREADS=1.",

@@ -140,6 +140,18 @@ def test_report_files(tmp_path):
     for needle in ("## Headline", "## 1. Physical limit", "**missed**", "ours-200k-batching-off", "a note", "2,000"):
         assert needle in text
     assert json.loads(js.read_text())["ratios"][0]["target"] == 3.0
+    assert "`make bench (--quick)`" not in text and "`make bench` on cpu" in text  # no argv recorded: the default
+
+
+def test_the_report_names_the_command_that_produced_it(tmp_path):
+    res = results()
+    res["ratios"] = bench_report.ratios(res)
+    for argv, expected in (([], "`make bench` on cpu"),
+                           (["--served-sizes", "200000", "--levels", "1,64", "--skip-mlflow"],
+                            "`python -m loadtest.bench --served-sizes 200000 --levels 1,64 --skip-mlflow` on cpu")):
+        res["meta"]["argv"] = argv
+        md, _ = bench_report.write(res, tmp_path / str(len(argv)))
+        assert expected in md.read_text()
 
 
 def test_core_measurement_is_exact_and_small():
