@@ -159,7 +159,7 @@ Timbral.add_asgi_middleware(RequestMiddleware, json_paths=POST_ROUTES, known_pat
 Timbral.add_asgi_middleware(GuardMiddleware, max_body=_S.max_request_size, limiter=_limiter,
                             trust_forwarded_for=_S.trust_forwarded_for)
 Timbral.add_asgi_middleware(CachedAnswers, get_front=_front)  # repeated bodies answered before routing
-if _S.direct_answers and not _S.tracing_enabled:  # valid requests answered before BentoML's routing and IO layer
+if _S.direct_lane:  # valid requests answered before BentoML's routing and IO layer
     Timbral.add_asgi_middleware(DirectAnswers, get_answerer=_answerer)
 
 

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
             raise ValueError("the rate limit must allow at least 1 request (RATE_LIMIT_ENABLED=false turns it off)")
         return value.strip()
 
+    @property
+    def direct_lane(self) -> bool:
+        """Whether ``service.direct_answers`` is installed: on unless switched off, and off while tracing (its
+        answers would carry no API span)."""
+        return self.direct_answers and not self.tracing_enabled
+
     def bentoml_tracing(self) -> dict:
         """Extra ``@bentoml.service`` options for tracing.
 

@@ -40,6 +40,15 @@ def test_defaults(clean_env):
     assert (s.max_batch_size, s.max_latency_ms, s.max_k, s.max_batch_users, s.log_level, s.blas_threads) == (
         64, 1000, 500, 100, "INFO", 1)
     assert (s.api_workers, s.model_calls_in_flight, s.model_call_hold) == (2, 1, 0.6)
+    assert (s.direct_answers, s.tracing_enabled, s.direct_lane) == (True, False, True)
+
+
+@pytest.mark.parametrize(("direct", "tracing", "lane"), [("false", "false", False), ("true", "true", False),
+                                                         ("false", "true", False), ("true", "false", True)])
+def test_the_direct_lane_is_off_when_switched_off_or_while_tracing(clean_env, direct, tracing, lane):
+    clean_env.setenv("DIRECT_ANSWERS", direct)
+    clean_env.setenv("TRACING_ENABLED", tracing)
+    assert Settings().direct_lane is lane
 
 
 def test_environment_and_dotenv(clean_env, tmp_path):
@@ -54,7 +63,8 @@ def test_environment_and_dotenv(clean_env, tmp_path):
 @pytest.mark.parametrize(("key", "value"), [("MAX_K", "0"), ("CACHE_TTL", "-1"), ("ENABLE_CACHING", "maybe"),
                                             ("LOG_LEVEL", "LOUD"), ("MAX_BATCH_SIZE", "0"), ("BLAS_THREADS", "x"),
                                             ("API_WORKERS", "0"), ("MODEL_CALLS_IN_FLIGHT", "0"),
-                                            ("MODEL_CALL_HOLD", "1.5"), ("MODEL_CALL_HOLD", "-0.1")])
+                                            ("MODEL_CALL_HOLD", "1.5"), ("MODEL_CALL_HOLD", "-0.1"),
+                                            ("DIRECT_ANSWERS", "sometimes")])
 def test_invalid_values_are_rejected(clean_env, key, value):
     clean_env.setenv(key, value)
     with pytest.raises(ValidationError) as err:
