@@ -13,7 +13,9 @@ innermost of ours, answers the JSON POST endpoints itself:
   BentoML's, one error format for both lanes;
 * an exception is answered as BentoML answers it: a ``BentoMLException`` with its status (5xx with a generic
   message; ``ServiceUnavailable`` from the model client is a 503 a load balancer retries), anything else 500;
-  the traceback goes to the log. (BentoML wraps a 4xx exception's body in a JSON list; here it is the object.)
+  the traceback goes to the log. Two departures, both on server faults: BentoML wraps a 4xx exception's body
+  in a JSON list (here it is the object), and answers 400 for any pydantic error, even an answer failing its
+  own response model (here that is a 500).
 * its answers are marked ``"lane": "direct"`` in the request's log line.
 
 What the lane skips is only the inside of BentoML's route: routing, the request context, the IO descriptors and
