@@ -51,7 +51,7 @@ from service.schemas import (
 from service.settings import get_settings
 
 _S = get_settings()
-POST_ROUTES = ("/recommend", "/recommend/batch", "/recommend/history", "/similar-items", "/score")
+POST_ROUTES = tuple(ENDPOINTS)  # the JSON POST endpoints, in one table (service/answers.py)
 GET_ROUTES = ("/model", "/ping", "/health")
 
 ops = FastAPI(title="Timbral operations", docs_url=None, redoc_url=None, openapi_url=None)
