@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from service.guard import read_body, replay_body
-from service.logs import annotate
+from service.logs import annotate, send_json_bytes
 from service.metrics import count_cache
 
 CACHEABLE = {"/recommend": "recommend", "/recommend/history": "recommend/history",
@@ -49,10 +49,7 @@ class CachedAnswers:
         if stored is not None:
             count_cache(endpoint, "hit")
             annotate(cache="hit", front=True)
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(stored)).encode())]})
-            await send({"type": "http.response.body", "body": stored})
+            await send_json_bytes(send, 200, stored)
             return None
 
         status, chunks = {"code": 0}, []

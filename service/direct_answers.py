@@ -36,7 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from service.answers import ENDPOINTS
 from service.guard import read_body, replay_body
-from service.logs import annotate
+from service.logs import annotate, send_json_bytes
 
 log = logging.getLogger("timbral.service")
 UNEXPECTED = {"error": "An unexpected error has occurred, please check the server log."}
@@ -68,9 +68,7 @@ class DirectAnswers:
                        else json.dumps(answer).encode("utf-8"))
         except Exception as exc:  # noqa: BLE001 - answered as BentoML's API layer answers it
             status, payload = _error(route, exc)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
+        await send_json_bytes(send, status, payload)
         return None
 
 

@@ -128,7 +128,11 @@ class RequestMiddleware:
 
 async def send_json(send, status: int, body: dict, headers=()) -> None:
     """Answer with a JSON body (used by the middleware, which answer before the app sees the request)."""
-    payload = json.dumps(body).encode("utf-8")
+    await send_json_bytes(send, status, json.dumps(body).encode("utf-8"), headers)
+
+
+async def send_json_bytes(send, status: int, payload: bytes, headers=()) -> None:
+    """Answer with ``payload``, already JSON-encoded, in one body with its length."""
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
                             *headers]})
