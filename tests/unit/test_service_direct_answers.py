@@ -16,6 +16,7 @@ import pytest
 
 from service.answers import ENDPOINTS, Answerer
 from service.direct_answers import UNEXPECTED, DirectAnswers
+from service.guard import read_body
 from service.model_client import ModelClient, ModelHTTP
 from training.local_stack import free_port
 
@@ -27,13 +28,7 @@ class Behind:
         self.bodies: list[bytes] = []
 
     async def __call__(self, scope, receive, send) -> None:
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        self.bodies.append(b"".join(chunks))
+        self.bodies.append(await read_body(receive))
         await send({"type": "http.response.start", "status": 299, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
