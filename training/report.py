@@ -33,5 +33,11 @@ def print_result(result: TrainResult, console: Console | None = None) -> None:
     else:
         console.print(f"Logged model {result.model_uri} (not registered)")
     if result.sample_recommendations:
-        items = ", ".join(f"{item} ({score:.3f})" for item, score in result.sample_recommendations)
-        console.print(f"Top 5 for user {result.sample_user}: {items}")
+        # a table, not one line: the console wraps a long line anywhere, splitting an item id in two
+        top = Table(title=f"Top {len(result.sample_recommendations)} for user {result.sample_user}", title_justify="left")
+        top.add_column("rank", justify="right")
+        top.add_column("item", overflow="fold")
+        top.add_column("score", justify="right")
+        for rank, (item, score) in enumerate(result.sample_recommendations, 1):
+            top.add_row(str(rank), str(item), f"{score:.3f}")
+        console.print(top)
