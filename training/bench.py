@@ -53,6 +53,28 @@ def child_fit(n_interactions: int) -> dict:
             "fit_seconds": seconds, "iterations": model.report.n_iter, "rss_before_fit_mb": before, "peak_rss_mb": peak}
 
 
+# What implicit's ALS is given, as its confidence (c = 1 + value on each listen, 1 elsewhere). The peer's score
+# is its best row: ALS lives on its confidence weights, and which weighting wins depends on the data.
+ALS_INPUTS = (
+    ("implicit ALS, bm25 weights", "bm25"),
+    ("implicit ALS, raw values", "raw"),
+    ("implicit ALS, binary (NMF's default input)", "binary"),
+    ("implicit ALS, idf of the item per listen", "idf"),
+)
+
+
+def als_input(scheme: str, matrix):
+    """The user × item matrix ALS fits for ``scheme``: one of our weightings, or ``idf`` (each listen weighted by
+    its item's bm25 idf, play counts ignored)."""
+    from timbral.weighting import Weighting
+
+    if scheme != "idf":
+        return Weighting(scheme).fit(matrix).transform(matrix)
+    weighted = Weighting("binary").fit(matrix).transform(matrix)
+    weighted.data *= Weighting("bm25").fit(matrix).idf[weighted.indices]
+    return weighted
+
+
 def quality(data, ks=(10,)) -> list[dict]:
     """Default NMF, popularity and implicit's ALS on one temporal per-user split of ``data`` (all test users)."""
     import implicit
@@ -61,7 +83,6 @@ def quality(data, ks=(10,)) -> list[dict]:
     from timbral.metrics import ndcg_at_k
     from timbral.nmf import NMFRecommender
     from timbral.params import NMFParams
-    from timbral.weighting import Weighting
     from training.evaluate import evaluate
     from training.split import split_per_user
 
@@ -77,8 +98,8 @@ def quality(data, ks=(10,)) -> list[dict]:
     rows.append({"model": "popularity", "ndcg_at_10": result.baseline["baseline_ndcg_at_10"], "fit_seconds": 0.0})
     users = split.test_users
     relevant = split.relevant(users)
-    for label, scheme in (("implicit ALS, bm25 weights", "bm25"), ("implicit ALS, raw values", "raw")):
-        weighted = Weighting(scheme).fit(split.train.matrix).transform(split.train.matrix)
+    for label, scheme in ALS_INPUTS:
+        weighted = als_input(scheme, split.train.matrix)
         als = implicit.cpu.als.AlternatingLeastSquares(factors=64, iterations=15, random_state=0)
         started = time.perf_counter()
         als.fit(sp.csr_matrix(weighted), show_progress=False)

@@ -22,3 +22,18 @@ def test_bench_train_prints_every_table_including_a_users_own_file(tmp_path, cap
     assert f"## Quality on {path} (read as `lastfm-2k`)" in out
     assert "120 users × 120 items, 1,440 interactions." in out and "Split: random" in out
     assert out.count("| NMF, defaults (64 components, binary, alpha_W 0.001) |") == 2 and out.count("Targets: NMF") == 2
+    assert out.count("| implicit ALS, idf of the item per listen |") == 2
+
+
+def test_als_idf_input_weights_each_listen_by_its_items_idf_and_ignores_play_counts():
+    import scipy.sparse as sp
+
+    from timbral.weighting import Weighting
+    from training.bench import als_input
+
+    counts = sp.csr_matrix(np.array([[5, 0, 1], [200, 3, 0], [1, 0, 0], [0, 0, 7]], dtype=np.float32))
+    idf = Weighting("bm25").fit(counts).idf
+    got = als_input("idf", counts)
+    assert np.array_equal(got.toarray(), (counts.toarray() > 0) * idf[None, :])
+    assert idf[0] < idf[1]  # the item three users played weighs less than the one only one did
+    assert np.array_equal(als_input("binary", counts).toarray(), (counts.toarray() > 0).astype(np.float32))

@@ -36,10 +36,10 @@ def test_default_nmf_beats_popularity_by_half_on_movielens(movielens):
 
 def test_default_nmf_is_at_least_implicit_als_on_movielens(movielens):
     # implicit comes with `make setup` (the bench extra): this test is never skipped
-    from training.bench import quality
+    from training.bench import ALS_INPUTS, quality
 
     rows = quality(movielens)
     nmf = rows[0]["ndcg_at_10"]
     als = {r["model"]: r["ndcg_at_10"] for r in rows if r["model"].startswith("implicit ALS")}
-    assert rows[0]["model"].startswith("NMF, defaults") and len(als) == 2
+    assert rows[0]["model"].startswith("NMF, defaults") and len(als) == len(ALS_INPUTS)
     assert all(nmf >= v for v in als.values()), f"default NMF {nmf:.4f} vs {als}"
