@@ -87,7 +87,7 @@ def with_random_factors(data, factors: int, seed: int = 7):
     from timbral.nmf import NMFRecommender
     from timbral.weighting import Weighting
 
-    model = NMFRecommender(n_components=factors)
+    model = NMFRecommender(n_components=factors, confidence="none")  # no refinement: nothing was fitted
     rng = np.random.default_rng(seed)
     model.weighting = Weighting(model.params.weighting).fit(data.matrix)
     model.user_factors = rng.random((data.n_users, factors), dtype=np.float32)

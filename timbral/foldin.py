@@ -7,6 +7,7 @@ loss and the same penalties, solved against the fitted item factors with the row
   factored once per model (Cholesky of ``HᵀH + l2·I``, see :func:`least_squares_system`), so each history
   costs one triangular solve and one small NNLS.
 * Kullback–Leibler loss: the fit's multiplicative updates, run on the one row until it settles.
+* Refined with listen confidences: the refinement's weighted problem, solved exactly per history.
 """
 
 from __future__ import annotations
@@ -93,4 +94,26 @@ def fold_in_multiplicative(Xw: sp.csr_matrix, item_factors: np.ndarray, l1: floa
             if done:
                 break
         out[r] = w
+    return out
+
+
+def fold_in_confidence(Xw: sp.csr_matrix, extra: np.ndarray, item_factors: np.ndarray, reg: float) -> np.ndarray:
+    """Rows (b × k, float32) for a model refined with listen confidences (``timbral.confidence``): per history,
+    the exact non-negative solve of the refinement's user problem, min Σ c_i (x_i − r·h_i)² + reg·|r|² over
+    every item (``c_i = 1 + extra`` on the history's listens, 1 elsewhere). Its Gram is the model's ``HᵀH``
+    plus the history's own listens, so each history gets its own Cholesky factor."""
+    H = item_factors.astype(np.float64)
+    base = H.T @ H
+    base[np.diag_indices_from(base)] += float(reg) + 1e-9 * max(np.trace(base), 1.0)
+    out = np.zeros((Xw.shape[0], H.shape[1]), dtype=np.float32)
+    extra = np.asarray(extra, dtype=np.float64)
+    for r in range(Xw.shape[0]):
+        lo, hi = Xw.indptr[r], Xw.indptr[r + 1]
+        if lo == hi:
+            continue
+        Hs = H[Xw.indices[lo:hi]]
+        gram = base + (Hs * extra[lo:hi, None]).T @ Hs
+        target = ((1.0 + extra[lo:hi]) * Xw.data[lo:hi]) @ Hs
+        L = np.linalg.cholesky(gram)
+        out[r] = scipy.optimize.nnls(L.T, scipy.linalg.solve_triangular(L, target, lower=True))[0]
     return out

@@ -21,7 +21,9 @@ from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 
 from timbral.artifact import load_artifact, save_artifact
+from timbral.confidence import listen_confidence, refine
 from timbral.foldin import (
+    fold_in_confidence,
     fold_in_least_squares,
     fold_in_multiplicative,
     histories_matrix,
@@ -51,6 +53,8 @@ class NMFRecommender:
         self.popularity: np.ndarray | None = None
         self.seen: sp.csr_matrix | None = None
         self.weighting: Weighting | None = None
+        self.confidence_idf: np.ndarray | None = None  # per item, when params.confidence is "idf"
+        self.confidence_reg: float | None = None  # the refinement's penalty, "auto" resolved
         self.report = FitReport()
         self.metadata: dict[str, Any] = {}
 
@@ -106,9 +110,18 @@ class NMFRecommender:
                 break
             prev_err = err
         report.n_iter = done
+        item_factors = H.T
+        if p.confidence != "none":
+            self.confidence_idf = Weighting("bm25").fit(data.matrix).idf
+            self.confidence_reg = p.confidence_penalty(X.shape[0])
+            extra = listen_confidence(X, self.confidence_idf, p.confidence_alpha)
+            W, item_factors, report.refinement = refine(X, extra, W, item_factors, self.confidence_reg, p.confidence_sweeps)
+            if not W.any() or not item_factors.any():
+                raise DegenerateFit(f"the confidence refinement drove every factor to zero (confidence_reg="
+                                    f"{self.confidence_reg:g}); lower confidence_reg")
         report.seconds = time.perf_counter() - started
         self.user_factors = np.ascontiguousarray(W, dtype=np.float32)
-        self.item_factors = np.ascontiguousarray(H.T, dtype=np.float32)
+        self.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
         self.users, self.items = data.users, data.items
         binary = data.matrix.copy()
         binary.data = np.ones_like(binary.data)
@@ -218,6 +231,9 @@ class NMFRecommender:
         non-negative. An empty history gives a zero row.
         """
         Xw = self.weighting.transform(histories_matrix(item_indices, values, self.n_items))
+        if self.params.confidence != "none":
+            extra = listen_confidence(Xw, self.confidence_idf, self.params.confidence_alpha)
+            return fold_in_confidence(Xw, extra, self.item_factors, self.confidence_reg)
         l1, l2 = self.params.user_penalties(self.n_items)
         if self.params.beta_loss != "frobenius":
             return fold_in_multiplicative(Xw, self.item_factors, l1, l2)
@@ -295,6 +311,8 @@ class NMFRecommender:
             "seen_indices": self.seen.indices.astype(np.int32),
             **self.weighting.to_arrays(),
         }
+        if self.confidence_idf is not None:
+            arrays["confidence_idf"] = np.asarray(self.confidence_idf, dtype=np.float32)
         metadata = {
             **self.metadata,
             **(extra_metadata or {}),
@@ -307,7 +325,8 @@ class NMFRecommender:
             "item_id_kind": self.items.kind,
             "weighting": self.weighting.to_metadata(),
             "fit": {"n_iter": self.report.n_iter, "converged": self.report.converged, "seconds": self.report.seconds,
-                    "convergence": self.report.convergence},
+                    "convergence": self.report.convergence, "refinement": self.report.refinement},
+            "confidence_reg": self.confidence_reg,
             "library_versions": {"numpy": np.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__},
         }
         self.metadata = metadata
@@ -316,7 +335,8 @@ class NMFRecommender:
     @classmethod
     def load(cls, directory) -> NMFRecommender:
         arrays, metadata = load_artifact(directory)
-        model = cls(NMFParams(**metadata["params"]))
+        # artifacts saved before the refinement existed carry no "confidence": they are plain NMF
+        model = cls(NMFParams(**{"confidence": "none", **metadata["params"]}))
         model.user_factors = np.ascontiguousarray(arrays["user_factors"], dtype=np.float32)
         model.item_factors = np.ascontiguousarray(arrays["item_factors"], dtype=np.float32)
         model.users = IdMap(arrays["user_ids"], metadata["user_id_kind"])
@@ -329,7 +349,11 @@ class NMFRecommender:
         model.weighting = Weighting.from_saved(metadata["weighting"], arrays)
         fit = metadata.get("fit", {})
         model.report = FitReport([tuple(x) for x in fit.get("convergence", [])], fit.get("n_iter", 0),
-                                 fit.get("converged", False), fit.get("seconds", 0.0))
+                                 fit.get("converged", False), fit.get("seconds", 0.0),
+                                 [tuple(x) for x in fit.get("refinement", [])])
+        if model.params.confidence != "none":
+            model.confidence_idf = np.asarray(arrays["confidence_idf"], dtype=np.float32)
+            model.confidence_reg = float(metadata["confidence_reg"])
         model.metadata = metadata
         model._cache_derived()
         return model

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from timbral.confidence import SCHEMES as CONFIDENCES
+from timbral.confidence import auto_reg
 from timbral.weighting import Weighting
 
 INITS = ("nndsvd", "nndsvda", "nndsvdar", "random")
@@ -38,6 +40,11 @@ class NMFParams:
     max_iter: int = 200
     tol: float = 1e-4
     random_state: int = 0
+    # confidence-weighted refinement after scikit-learn's fit (timbral.confidence); "none" keeps plain NMF
+    confidence: str = "idf"
+    confidence_alpha: float = 1.0  # a listen's weight is 1 + alpha * its item's idf; a zero's is 1
+    confidence_reg: float | str = "auto"  # L2 on both factors; "auto" = 0.7 * sqrt(number of users)
+    confidence_sweeps: int = 10
 
     def validate(self) -> NMFParams:
         problems = []
@@ -61,6 +68,17 @@ class NMFParams:
             problems.append(f"max_iter must be >= 1 (got {self.max_iter})")
         if float(self.tol) < 0:
             problems.append(f"tol must be >= 0 (got {self.tol})")
+        if self.confidence not in CONFIDENCES:
+            problems.append(f"confidence must be one of {', '.join(CONFIDENCES)} (got {self.confidence!r})")
+        elif self.confidence != "none" and self.beta_loss != "frobenius":
+            problems.append(f"confidence {self.confidence!r} refines a squared loss: set confidence 'none' to fit "
+                            f"beta_loss {self.beta_loss!r}")
+        if float(self.confidence_alpha) < 0:
+            problems.append(f"confidence_alpha must be >= 0 (got {self.confidence_alpha})")
+        if self.confidence_reg != "auto" and float(self.confidence_reg) < 0:
+            problems.append(f"confidence_reg must be >= 0 or 'auto' (got {self.confidence_reg!r})")
+        if int(self.confidence_sweeps) < 1:
+            problems.append(f"confidence_sweeps must be >= 1 (got {self.confidence_sweeps})")
         try:
             Weighting(self.weighting)
         except ValueError as exc:
@@ -68,6 +86,10 @@ class NMFParams:
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def confidence_penalty(self, n_users: int) -> float:
+        """The refinement's L2 penalty for a fit on ``n_users`` users ("auto" resolved)."""
+        return auto_reg(n_users) if self.confidence_reg == "auto" else float(self.confidence_reg)
 
     def user_penalties(self, n_items: int) -> tuple[float, float]:
         """``(l1, l2)``: the penalty scikit-learn puts on each user's factor row, scaled by the number of items
@@ -82,3 +104,4 @@ class FitReport:
     n_iter: int = 0
     converged: bool = False
     seconds: float = 0.0
+    refinement: list[tuple[int, float]] = field(default_factory=list)  # (sweep, weighted loss), confidence fits

@@ -73,8 +73,11 @@ CONFIGS = [
     {"weighting": "raw", "init": "nndsvd"},
     {"weighting": "binary", "init": "nndsvdar"},
     {"weighting": "log1p", "solver": "mu", "max_iter": 400},
-    {"weighting": "bm25", "solver": "mu", "beta_loss": "kullback-leibler", "max_iter": 400},
+    {"weighting": "bm25", "solver": "mu", "beta_loss": "kullback-leibler", "max_iter": 400, "confidence": "none"},
+    {"confidence": "none"},  # plain scikit-learn NMF
     {"weighting": "bm25", "init": "random", "random_state": 3},
+    {"confidence": "idf"},
+    {"confidence": "idf", "confidence_alpha": 5.0, "confidence_reg": 0.5, "weighting": "log1p"},
 ]
 
 
@@ -271,12 +274,15 @@ def assert_fold_in_reproduces_training_users(
 @pytest.mark.parametrize(
     "params",
     [
-        {},
-        {"alpha_W": 0.01, "l1_ratio": 0.5},  # fold-in must use scikit-learn's scaling of both penalties
-        {"alpha_W": 0.02, "l1_ratio": 0.0},
+        {},  # defaults: refined with idf confidences, so fold-in solves the refinement's weighted problem
+        # plain NMF: fold-in must use scikit-learn's scaling of both penalties
+        {"confidence": "none"},
+        {"alpha_W": 0.01, "l1_ratio": 0.5, "confidence": "none"},
+        {"alpha_W": 0.02, "l1_ratio": 0.0, "confidence": "none"},
+        {"weighting": "raw", "confidence": "none"},
+        {"weighting": "log1p", "alpha_W": 0.001, "l1_ratio": 1.0, "confidence": "none"},
         {"weighting": "raw"},
-        {"weighting": "binary"},
-        {"weighting": "log1p", "alpha_W": 0.001, "l1_ratio": 1.0},
+        {"confidence": "idf", "confidence_alpha": 3.0, "confidence_reg": 0.2, "weighting": "log1p"},
     ],
     ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()) or "defaults",
 )
@@ -288,7 +294,7 @@ def test_fold_in_of_a_training_users_history_reproduces_their_recommendations(pa
 
 def test_fold_in_criterion_is_sensitive_to_the_regularisation(monkeypatch):
     """Control: drop the L1 term from fold-in and the same check fails (so the one above can fail too)."""
-    m = fit(LOW_RANK, n_components=4, max_iter=1000, tol=1e-7, alpha_W=0.01, l1_ratio=0.5)
+    m = fit(LOW_RANK, n_components=4, max_iter=1000, tol=1e-7, alpha_W=0.01, l1_ratio=0.5, confidence="none")
     _, l2 = m.params.user_penalties(m.n_items)
     monkeypatch.setattr(m.params, "user_penalties", lambda n_items: (0.0, l2))
     with pytest.raises(AssertionError, match="worst relative difference"):
@@ -296,7 +302,7 @@ def test_fold_in_criterion_is_sensitive_to_the_regularisation(monkeypatch):
 
 
 def test_fold_in_reproduces_training_users_for_a_kullback_leibler_model():
-    m = fit(LOW_RANK, n_components=4, solver="mu", beta_loss="kullback-leibler", max_iter=2000, tol=1e-9,
+    m = fit(LOW_RANK, n_components=4, solver="mu", beta_loss="kullback-leibler", max_iter=2000, tol=1e-9, confidence="none",
             alpha_W=0.0)
     assert m.report.converged
     # looser than the Frobenius case, since MU converges more slowly: 5% on the vectors
@@ -306,7 +312,7 @@ def test_fold_in_reproduces_training_users_for_a_kullback_leibler_model():
 def test_fold_in_reproduces_training_users_for_a_regularised_kullback_leibler_model():
     """With the default penalty the vectors agree to 3e-4, but the penalty shrinks this low-rank data's scores
     into near-ties, so a quarter of the top-10 lists swap neighbours: the vectors are the check here."""
-    m = fit(LOW_RANK, n_components=4, solver="mu", beta_loss="kullback-leibler", max_iter=2000, tol=1e-9,
+    m = fit(LOW_RANK, n_components=4, solver="mu", beta_loss="kullback-leibler", max_iter=2000, tol=1e-9, confidence="none",
             alpha_W=1e-3)
     assert m.report.converged
     items, values = histories(LOW_RANK)
@@ -425,8 +431,8 @@ def test_recommend_popular_does_not_change_the_popularity(model):
     ("overrides", "message"),
     [
         ({"solver": "als"}, r"solver must be one of cd, mu \(got 'als'\)"),
-        ({"beta_loss": "kullback-leibler"}, r"beta_loss 'kullback-leibler' needs solver 'mu'"),
-        ({"beta_loss": "itakura-saito", "solver": "mu"}, "itakura-saito"),
+        ({"beta_loss": "kullback-leibler", "confidence": "none"}, r"beta_loss 'kullback-leibler' needs solver 'mu'"),
+        ({"beta_loss": "itakura-saito", "solver": "mu", "confidence": "none"}, "itakura-saito"),
         ({"beta_loss": "l1"}, "beta_loss must be one of"),
         ({"alpha_W": -0.1}, "alpha_W and alpha_H must be >= 0"),
         ({"alpha_H": -1.0}, "alpha_W and alpha_H must be >= 0"),
@@ -436,6 +442,11 @@ def test_recommend_popular_does_not_change_the_popularity(model):
         ({"l1_ratio": 1.5}, "l1_ratio must be within 0..1"),
         ({"max_iter": 0}, "max_iter must be >= 1"),
         ({"tol": -1e-3}, "tol must be >= 0"),
+        ({"confidence": "bm25"}, r"confidence must be one of none, idf \(got 'bm25'\)"),
+        ({"solver": "mu", "beta_loss": "kullback-leibler"}, "set confidence 'none' to fit beta_loss 'kullback-leibler'"),
+        ({"confidence_alpha": -1.0}, "confidence_alpha must be >= 0"),
+        ({"confidence_reg": -2.0}, "confidence_reg must be >= 0 or 'auto'"),
+        ({"confidence_sweeps": 0}, "confidence_sweeps must be >= 1"),
     ],
 )
 def test_parameter_validation_names_the_parameter(overrides, message):
@@ -558,3 +569,41 @@ def test_save_load_round_trip_gives_identical_answers(model, tmp_path):
 def test_save_before_fit_is_refused(tmp_path):
     with pytest.raises(RuntimeError, match="fit the model before saving"):
         NMFRecommender().save(tmp_path / "m")
+
+
+def test_a_confidence_model_round_trips_with_its_idf_and_penalty(tmp_path):
+    m = fit(LOW_RANK, n_components=4, confidence="idf", confidence_sweeps=4)
+    assert m.confidence_reg == pytest.approx(0.7 * np.sqrt(LOW_RANK.n_users))  # "auto"
+    assert [sweep for sweep, _ in m.report.refinement] == [1, 2, 3, 4]
+    m.save(tmp_path / "m")
+    loaded = NMFRecommender.load(tmp_path / "m")
+    assert loaded.params.confidence == "idf" and loaded.confidence_reg == m.confidence_reg
+    np.testing.assert_array_equal(loaded.confidence_idf, m.confidence_idf)
+    assert loaded.report.refinement == m.report.refinement
+    items, values = histories(LOW_RANK)
+    np.testing.assert_array_equal(loaded.fold_in(items[:7], values[:7]), m.fold_in(items[:7], values[:7]))
+    np.testing.assert_array_equal(loaded.recommend(np.arange(7), 5)[0], m.recommend(np.arange(7), 5)[0])
+
+
+def test_the_confidence_refinement_changes_the_factors_and_plain_nmf_has_none():
+    plain = fit(LOW_RANK, n_components=4, confidence="none")
+    refined = fit(LOW_RANK, n_components=4)  # the default: refined
+    assert plain.confidence_idf is None and plain.report.refinement == []
+    assert not np.allclose(plain.user_factors, refined.user_factors)
+    assert (refined.user_factors >= 0).all() and (refined.item_factors >= 0).all()
+
+
+def test_an_artifact_saved_before_the_refinement_existed_loads_as_plain_nmf(tmp_path):
+    from timbral.artifact import load_artifact, save_artifact
+
+    m = fit(LOW_RANK, n_components=4, confidence="none")
+    m.save(tmp_path / "new")
+    arrays, metadata = load_artifact(tmp_path / "new")
+    for key in ("confidence", "confidence_alpha", "confidence_reg", "confidence_sweeps"):
+        del metadata["params"][key]
+    del metadata["confidence_reg"]
+    save_artifact(tmp_path / "old", arrays, metadata)
+    loaded = NMFRecommender.load(tmp_path / "old")
+    assert loaded.params.confidence == "none" and loaded.confidence_idf is None
+    items, values = histories(LOW_RANK)
+    np.testing.assert_array_equal(loaded.fold_in(items[:5], values[:5]), m.fold_in(items[:5], values[:5]))

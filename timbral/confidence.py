@@ -1,0 +1,140 @@
+"""Confidence-weighted refinement of a fitted NMF: listens count more than the zeros around them.
+
+scikit-learn's NMF weighs every cell of the user × item matrix alike, so in a sparse matrix the zeros (what a
+user has not played) outweigh the listens. Implicit-feedback ALS weighs each listen by a confidence instead;
+measured on Last.fm 2k, that weighting is what put ALS ahead of NMF. This module keeps NMF's non-negative
+factors and minimises the confidence-weighted loss
+
+    sum over all cells  c_ui (x_ui - w_u·h_i)^2  +  reg (|W|^2 + |H|^2),   W, H >= 0,
+
+with ``c_ui = 1 + alpha * idf_i`` on a listen (``x_ui`` its weighted value) and ``c_ui = 1`` on a zero, by
+alternating exact non-negative solves: every user row against the fixed item factors, then every item row
+against the fixed user factors. Each row's problem is a small k × k quadratic (the Gram of the other side plus
+that row's listens), solved by projected coordinate descent; rows are batched by their number of listens so
+the Grams come from one batched matrix product. The zeros never appear one by one: their part of each Gram is
+the whole other side's ``FᵀF``. A fit starts from scikit-learn's factors and ends with a user half-step, so a
+training user's row is exactly what fold-in computes for the same history.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+
+SCHEMES = ("none", "idf")
+AUTO_REG_PER_SQRT_USER = 0.7  # reg = 0.7·√users, measured on MovieLens 100k, Last.fm 2k and generated listens
+
+
+def auto_reg(n_users: int) -> float:
+    """The penalty ``reg="auto"`` resolves to: 0.7·√users (the best reg read 20–30 on MovieLens 100k's 943
+    users, ~30 on Last.fm 2k's 1,892, ~100 on 20,000 generated users)."""
+    return AUTO_REG_PER_SQRT_USER * math.sqrt(max(int(n_users), 1))
+
+
+def listen_confidence(X: sp.csr_matrix, idf: np.ndarray, alpha: float) -> np.ndarray:
+    """``c - 1`` for each stored entry of ``X`` (in ``X.data`` order): ``alpha`` times the item's idf."""
+    return (float(alpha) * np.asarray(idf, dtype=np.float32)[X.indices]).astype(np.float32)
+
+
+def solve_rows(X: sp.csr_matrix, extra: np.ndarray, F: np.ndarray, reg: float, start: np.ndarray | None = None,
+               sweeps: int = 5, tol: float = 0.0, budget: int = 4_194_304) -> np.ndarray:
+    return solve_rows_with_loss(X, extra, F, reg, start, sweeps, tol, budget)[0]
+
+
+def solve_rows_with_loss(X: sp.csr_matrix, extra: np.ndarray, F: np.ndarray, reg: float,
+                         start: np.ndarray | None = None, sweeps: int = 5, tol: float = 0.0,
+                         budget: int = 4_194_304) -> tuple[np.ndarray, float]:
+    """Non-negative rows R (n × k) minimising, row by row, ``Σ_i c_i (x_i − r·f_i)² + reg·|r|²`` over all
+    columns i, with ``c_i = 1 + extra`` on the stored entries of ``X`` (``extra`` in ``X.data`` order) and
+    ``c_i = 1`` elsewhere. ``F`` (m × k) is held fixed. ``sweeps`` passes of coordinate descent per row,
+    from ``start`` (zeros if None); with ``tol > 0`` a batch stops once no coordinate moved more than ``tol``
+    times the row's largest entry. Also returns the rows' summed objective (without ``reg·|F|²``), which the
+    Grams at hand give for the cost of one more coordinate pass."""
+    X = sp.csr_matrix(X)
+    n, k = X.shape[0], F.shape[1]
+    F = np.ascontiguousarray(F, dtype=np.float32)
+    gram = F.T @ F + np.float32(reg) * np.eye(k, dtype=np.float32)
+    extra = np.asarray(extra, dtype=np.float32)
+    weighted = sp.csr_matrix(((1.0 + extra) * X.data.astype(np.float32), X.indices, X.indptr), shape=X.shape)
+    rhs = np.asarray(weighted @ F, dtype=np.float32)
+    out = np.zeros((n, k), dtype=np.float32) if start is None else np.array(start, dtype=np.float32)
+    root = np.sqrt(extra)
+    lengths = np.diff(X.indptr)
+    order = np.argsort(lengths, kind="stable")
+    sorted_lengths = lengths[order]
+    x_data = X.data.astype(np.float64)
+    loss = float(np.sum((1.0 + extra) * x_data * x_data))  # Σ c·x² over the stored entries
+    lo = 0
+    while lo < n:  # batches of rows with up to twice the listens of the batch's shortest row
+        width = max(int(sorted_lengths[lo]), 1)
+        hi = max(int(np.searchsorted(sorted_lengths, 2 * width, side="right")), lo + 1)
+        width = max(int(sorted_lengths[hi - 1]), 1)
+        step = max(1, budget // (width * k + k * k))  # bounds the batch's gathered factors and its Grams
+        for s in range(lo, hi, step):
+            rows = order[s:min(hi, s + step)]
+            slots = np.arange(width)
+            valid = slots[None, :] < lengths[rows][:, None]
+            pos = np.where(valid, X.indptr[rows][:, None] + slots[None, :], 0)
+            items = np.where(valid, X.indices[pos], 0) if X.nnz else np.zeros_like(pos)
+            scale = np.where(valid, root[pos], 0.0).astype(np.float32) if X.nnz else np.zeros(pos.shape, np.float32)
+            Fi = F[items] * scale[:, :, None]
+            G = np.matmul(Fi.transpose(0, 2, 1), Fi) + gram
+            r = _coordinate_descent(G, rhs[rows], out[rows], sweeps, tol)
+            out[rows] = r
+            loss += float(np.einsum("bj,bjk,bk->", r, G, r, dtype=np.float64) - 2.0 * np.sum(r * rhs[rows], dtype=np.float64))
+        lo = hi
+    return out, loss
+
+
+def _coordinate_descent(G: np.ndarray, b: np.ndarray, x: np.ndarray, sweeps: int, tol: float) -> np.ndarray:
+    """min xᵀGx − 2bᵀx over x ≥ 0, for a batch of k × k systems, coordinate by coordinate."""
+    x = np.array(x, dtype=np.float32)
+    diag = np.einsum("bjj->bj", G).copy()
+    for _ in range(sweeps):
+        moved = np.zeros(x.shape[0], dtype=np.float32)
+        for j in range(x.shape[1]):
+            grad = np.einsum("bk,bk->b", G[:, j, :], x) - b[:, j]
+            new = np.maximum(0.0, x[:, j] - grad / diag[:, j])
+            moved = np.maximum(moved, np.abs(new - x[:, j]))
+            x[:, j] = new
+        if tol > 0 and np.all(moved <= tol * np.maximum(x.max(axis=1), 1e-12)):
+            break
+    return x
+
+
+def weighted_loss(X: sp.csr_matrix, extra: np.ndarray, W: np.ndarray, H: np.ndarray, reg: float) -> float:
+    """The refinement's objective (see the module docstring) for user factors W (n × k), item factors H (m × k)."""
+    X = sp.csr_matrix(X)
+    W64, H64 = W.astype(np.float64), H.astype(np.float64)
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    pred = np.einsum("ij,ij->i", W64[rows], H64[X.indices])
+    x = X.data.astype(np.float64)
+    every_cell = float(np.sum((W64.T @ W64) * (H64.T @ H64)))  # Σ over all cells of pred², zeros included
+    listens = float(np.sum((1.0 + extra) * (x - pred) ** 2 - pred**2))
+    return every_cell + listens + float(reg) * float(np.sum(W64**2) + np.sum(H64**2))
+
+
+def item_major(X: sp.csr_matrix, extra: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+    """``(Xᵀ as CSR, extra in Xᵀ.data order)``: each entry keeps its own confidence across the transpose."""
+    where = sp.csr_matrix((np.arange(X.nnz, dtype=np.int64), X.indices, X.indptr), shape=X.shape).T.tocsr()
+    return sp.csr_matrix((X.data[where.data], where.indices, where.indptr), shape=where.shape), extra[where.data]
+
+
+def refine(X: sp.csr_matrix, extra: np.ndarray, W: np.ndarray, H: np.ndarray, reg: float, sweeps: int,
+           inner: int = 5) -> tuple[np.ndarray, np.ndarray, list[tuple[int, float]]]:
+    """``(W, H, losses)``: ``sweeps`` alternating passes from the fitted ``W`` (users × k) and ``H`` (items × k),
+    then a closing user pass solved to convergence; ``losses`` is the objective after each pass."""
+    X = sp.csr_matrix(X)
+    extra = np.asarray(extra, dtype=np.float32)
+    Xt, extra_t = item_major(X, extra)
+    W = np.asarray(W, dtype=np.float32)
+    H = np.asarray(H, dtype=np.float32)
+    losses = []
+    for sweep in range(1, int(sweeps) + 1):
+        W = solve_rows(X, extra, H, reg, W, inner)
+        H, loss = solve_rows_with_loss(Xt, extra_t, W, reg, H, inner)
+        losses.append((sweep, loss + float(reg) * float(np.sum(W.astype(np.float64) ** 2))))
+    W = solve_rows(X, extra, H, reg, W, sweeps=200, tol=1e-5)
+    return W, H, losses
