@@ -93,7 +93,8 @@ def quality(data, ks=(10,)) -> list[dict]:
     nmf_seconds = time.perf_counter() - started
     result = evaluate(nmf, split, ks, max_users=None)
     defaults = NMFParams()
-    rows.append({"model": f"NMF, defaults ({defaults.n_components} components, {defaults.weighting}, alpha_W {defaults.alpha_W:g})",
+    rows.append({"model": f"NMF, defaults ({defaults.n_components} components, {defaults.weighting}, alpha_W "
+                          f"{defaults.alpha_W:g}, {defaults.confidence} confidence)",
                  "ndcg_at_10": result.model["ndcg_at_10"], "fit_seconds": nmf_seconds})
     rows.append({"model": "popularity", "ndcg_at_10": result.baseline["baseline_ndcg_at_10"], "fit_seconds": 0.0})
     users = split.test_users

@@ -12,6 +12,7 @@ from dataclasses import fields
 
 import click
 
+from timbral.confidence import SCHEMES as CONFIDENCES
 from timbral.params import BETA_LOSSES, INITS, SOLVERS, NMFParams
 from timbral.weighting import SCHEMES
 
@@ -113,6 +114,13 @@ def model_options(f):
         click.option("--max-iter", default=DEFAULTS.max_iter, show_default=True, type=click.IntRange(min=1)),
         click.option("--tol", default=DEFAULTS.tol, show_default=True, type=click.FloatRange(min=0)),
         click.option("--seed", default=DEFAULTS.random_state, show_default=True, type=int, help="NMF random_state."),
+        click.option("--confidence", default=DEFAULTS.confidence, show_default=True, type=click.Choice(CONFIDENCES),
+                     help="After the NMF fit, refine the factors weighting each listen by 1 + alpha * its item's idf "
+                          "(zeros weigh 1), as implicit-feedback ALS does; 'none' keeps plain NMF."),
+        click.option("--confidence-alpha", default=DEFAULTS.confidence_alpha, show_default=True, type=click.FloatRange(min=0)),
+        click.option("--confidence-reg", default=str(DEFAULTS.confidence_reg), show_default=True,
+                     help="The refinement's L2 penalty: a number >= 0, or 'auto' (0.7 * sqrt(users))."),
+        click.option("--confidence-sweeps", default=DEFAULTS.confidence_sweeps, show_default=True, type=click.IntRange(min=1)),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -125,10 +133,17 @@ def _params(kw: dict) -> NMFParams:
         alpha_h = alpha_h if alpha_h == "same" else float(alpha_h)
     except ValueError:
         raise click.BadParameter("must be a number or 'same'", param_hint="--alpha-h") from None
+    reg = kw.pop("confidence_reg")
+    try:
+        reg = reg if reg == "auto" else float(reg)
+    except ValueError:
+        raise click.BadParameter("must be a number or 'auto'", param_hint="--confidence-reg") from None
     return NMFParams(
         n_components=kw.pop("components"), weighting=kw.pop("weighting"), init=kw.pop("init"),
         solver=kw.pop("solver"), beta_loss=kw.pop("beta_loss"), alpha_W=kw.pop("alpha_w"), alpha_H=alpha_h,
         l1_ratio=kw.pop("l1_ratio"), max_iter=kw.pop("max_iter"), tol=kw.pop("tol"), random_state=kw.pop("seed"),
+        confidence=kw.pop("confidence"), confidence_alpha=kw.pop("confidence_alpha"), confidence_reg=reg,
+        confidence_sweeps=kw.pop("confidence_sweeps"),
     ).validate()
 
 

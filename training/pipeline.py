@@ -138,7 +138,11 @@ def run_training(cfg: TrainConfig, progress: Reporter | None = None) -> TrainRes
         mlflow.set_tag("final_model", "refit on all data after evaluation" if cfg.refit else "fit on the training split")
         for it, err in history:
             mlflow.log_metric("reconstruction_error", err, step=it)
-        tracking.log_plots(result.model, result.baseline, result.ks, model.popularity, history)
+        for sweep, loss in model.report.refinement:
+            mlflow.log_metric("confidence_loss", loss, step=sweep)
+        if model.confidence_reg is not None:
+            mlflow.log_param("confidence_reg_resolved", model.confidence_reg)
+        tracking.log_plots(result.model, result.baseline, result.ks, model.popularity, history, model.report.refinement)
         return log_and_register(cfg, run.info.run_id, model, result, digest, loaded, progress)
 
 

@@ -56,14 +56,15 @@ def popularity_long_tail(popularity: np.ndarray, out: Path) -> Path:
     return out
 
 
-def convergence(history: Sequence[tuple[int, float]], out: Path, title: str = "NMF convergence") -> Path:
+def convergence(history: Sequence[tuple[int, float]], out: Path, title: str = "NMF convergence",
+                xlabel: str = "iteration", ylabel: str = "reconstruction error (Frobenius)") -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     if history:
         its, errs = zip(*history, strict=True)
         ax.plot(its, errs, "o-")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("reconstruction error (Frobenius)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -63,12 +63,15 @@ def log_dataset(frame: pd.DataFrame, source: str, name: str) -> str:
     return dataset.digest
 
 
-def log_plots(model_metrics: dict, baseline: dict, ks, popularity: np.ndarray, history) -> None:
+def log_plots(model_metrics: dict, baseline: dict, ks, popularity: np.ndarray, history, refinement=()) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         plots.quality_vs_k(model_metrics, baseline, ks, out / "quality_vs_k.png")
         plots.popularity_long_tail(popularity, out / "item_popularity_long_tail.png")
         plots.convergence(history, out / "convergence.png")
+        if refinement:
+            plots.convergence(refinement, out / "confidence_refinement.png", title="Confidence-weighted refinement",
+                              xlabel="sweep", ylabel="weighted loss")
         mlflow.log_artifacts(str(out), artifact_path="plots")
 
 

@@ -34,6 +34,7 @@ SEARCH_SPACE: dict[str, list] = {
     "alpha_H": ["same", 0.0, 1e-3, 3e-3],
     "l1_ratio": [0.0, 0.5],
     "init": ["nndsvda", "nndsvd", "random"],
+    "confidence": ["idf", "none"],  # the refinement on (the default) or plain scikit-learn NMF
 }
 
 

@@ -21,7 +21,7 @@ def test_bench_train_prints_every_table_including_a_users_own_file(tmp_path, cap
     assert "| 3,000 |" in out and "## Quality on one temporal split (20,000 generated" in out
     assert f"## Quality on {path} (read as `lastfm-2k`)" in out
     assert "120 users × 120 items, 1,440 interactions." in out and "Split: random" in out
-    assert out.count("| NMF, defaults (64 components, binary, alpha_W 0.001) |") == 2 and out.count("Targets: NMF") == 2
+    assert out.count("| NMF, defaults (64 components, binary, alpha_W 0.001, idf confidence) |") == 2 and out.count("Targets: NMF") == 2
     assert out.count("| implicit ALS, idf of the item per listen |") == 2
 
 

@@ -71,9 +71,16 @@ def test_run_logs_params_metrics_dataset_plots_and_model(trained, client):
     inputs = run.inputs.dataset_inputs
     assert len(inputs) == 1 and inputs[0].dataset.digest
     plots = {Path(f.path).name for f in client.list_artifacts(run.info.run_id, "plots")}
-    assert plots == {"quality_vs_k.png", "item_popularity_long_tail.png", "convergence.png"}
+    assert plots == {"quality_vs_k.png", "item_popularity_long_tail.png", "convergence.png",
+                     "confidence_refinement.png"}
     history = client.get_metric_history(run.info.run_id, "reconstruction_error")
     assert len(history) >= 2
+    # the default refinement: one loss per sweep, never rising, and the penalty "auto" resolved to
+    refinement = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "confidence_loss"))
+    assert [step for step, _ in refinement] == list(range(1, 11))
+    assert all(b <= a * (1 + 1e-6) for (_, a), (_, b) in zip(refinement, refinement[1:], strict=False))
+    assert params["nmf_confidence"] == "idf" and params["nmf_confidence_reg"] == "auto"
+    assert float(params["confidence_reg_resolved"]) == pytest.approx(0.7 * float(params["n_users"]) ** 0.5, rel=1e-6)
 
 
 def test_model_files_are_in_the_s3_bucket(trained, local_stack):
