@@ -123,9 +123,10 @@ def item_major(X: sp.csr_matrix, extra: np.ndarray) -> tuple[sp.csr_matrix, np.n
 
 
 def refine(X: sp.csr_matrix, extra: np.ndarray, W: np.ndarray, H: np.ndarray, reg: float, sweeps: int,
-           inner: int = 5) -> tuple[np.ndarray, np.ndarray, list[tuple[int, float]]]:
+           inner: int = 5, on_sweep=None) -> tuple[np.ndarray, np.ndarray, list[tuple[int, float]]]:
     """``(W, H, losses)``: ``sweeps`` alternating passes from the fitted ``W`` (users × k) and ``H`` (items × k),
-    then a closing user pass solved to convergence; ``losses`` is the objective after each pass."""
+    then a closing user pass solved to convergence; ``losses`` is the objective after each pass, also handed to
+    ``on_sweep(sweep, loss)`` as it comes."""
     X = sp.csr_matrix(X)
     extra = np.asarray(extra, dtype=np.float32)
     Xt, extra_t = item_major(X, extra)
@@ -136,5 +137,7 @@ def refine(X: sp.csr_matrix, extra: np.ndarray, W: np.ndarray, H: np.ndarray, re
         W = solve_rows(X, extra, H, reg, W, inner)
         H, loss = solve_rows_with_loss(Xt, extra_t, W, reg, H, inner)
         losses.append((sweep, loss + float(reg) * float(np.sum(W.astype(np.float64) ** 2))))
+        if on_sweep is not None:
+            on_sweep(*losses[-1])
     W = solve_rows(X, extra, H, reg, W, sweeps=200, tol=1e-5)
     return W, H, losses

@@ -34,7 +34,9 @@ from timbral.params import DegenerateFit, FitReport, NMFParams
 from timbral.topk import topk, topk_dot
 from timbral.weighting import Weighting
 
-ProgressFn = Callable[[int, int, float], None]  # (iterations done, max_iter, reconstruction error)
+# (iterations done, max_iter, reconstruction error); during the confidence refinement
+# (sweeps done, sweeps, weighted loss, "refine")
+ProgressFn = Callable[..., None]
 
 
 class NMFRecommender:
@@ -115,7 +117,9 @@ class NMFRecommender:
             self.confidence_idf = Weighting("bm25").fit(data.matrix).idf
             self.confidence_reg = p.confidence_penalty(X.shape[0])
             extra = listen_confidence(X, self.confidence_idf, p.confidence_alpha)
-            W, item_factors, report.refinement = refine(X, extra, W, item_factors, self.confidence_reg, p.confidence_sweeps)
+            on_sweep = None if progress is None else (lambda sweep, loss: progress(sweep, p.confidence_sweeps, loss, "refine"))
+            W, item_factors, report.refinement = refine(X, extra, W, item_factors, self.confidence_reg,
+                                                        p.confidence_sweeps, on_sweep=on_sweep)
             if not W.any() or not item_factors.any():
                 raise DegenerateFit(f"the confidence refinement drove every factor to zero (confidence_reg="
                                     f"{self.confidence_reg:g}); lower confidence_reg")

@@ -97,7 +97,10 @@ def load_data(cfg: TrainConfig, progress: Reporter) -> LoadedData:
 
 def fit_model(params: NMFParams, data: Interactions, progress: Reporter, title: str) -> NMFRecommender:
     with progress.stage(title, total=params.max_iter) as update:
-        return NMFRecommender(params).fit(data, progress=lambda done, total, err: update(done, total, f"err {err:,.1f}"))
+        def show(done, total, value, phase="fit"):
+            update(done, total, f"err {value:,.1f}" if phase == "fit" else f"refining with listen confidences, loss {value:,.1f}")
+
+        return NMFRecommender(params).fit(data, progress=show)
 
 
 def fit_and_evaluate(params: NMFParams, split: Split, cfg: TrainConfig, progress: Reporter, label: str = "") -> tuple[NMFRecommender, Evaluation]:

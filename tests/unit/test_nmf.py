@@ -493,8 +493,11 @@ def test_fit_report_and_progress():
     report = m.report
     assert 1 <= report.n_iter <= 50
     assert report.convergence and report.convergence[-1][0] == report.n_iter
+    refining = [c for c in calls if c[3:] == ("refine",)]
+    calls = [c for c in calls if len(c) == 3]
     assert calls and calls[-1][0] == report.n_iter and all(c[1] == 50 for c in calls)
     assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+    assert [(c[0], c[1], c[2]) for c in refining] == [(s, 10, loss) for s, loss in report.refinement]
     errors = [e for _, e in report.convergence]
     assert all(b <= a * (1 + 1e-6) for a, b in zip(errors, errors[1:], strict=False))  # cd never gets worse
     assert report.seconds > 0
