@@ -97,21 +97,26 @@ def fold_in_multiplicative(Xw: sp.csr_matrix, item_factors: np.ndarray, l1: floa
     return out
 
 
-def fold_in_confidence(Xw: sp.csr_matrix, extra: np.ndarray, item_factors: np.ndarray, reg: float) -> np.ndarray:
-    """Rows (b × k, float32) for a model refined with listen confidences (``timbral.confidence``): per history,
-    the exact non-negative solve of the refinement's user problem, min Σ c_i (x_i − r·h_i)² + reg·|r|² over
-    every item (``c_i = 1 + extra`` on the history's listens, 1 elsewhere). Its Gram is the model's ``HᵀH``
-    plus the history's own listens, so each history gets its own Cholesky factor."""
+def confidence_gram(item_factors: np.ndarray, reg: float) -> np.ndarray:
+    """``HᵀH + reg·I``: the part of every history's Gram that the zeros and the penalty give (once per model)."""
     H = item_factors.astype(np.float64)
     base = H.T @ H
     base[np.diag_indices_from(base)] += float(reg) + 1e-9 * max(np.trace(base), 1.0)
-    out = np.zeros((Xw.shape[0], H.shape[1]), dtype=np.float32)
+    return base
+
+
+def fold_in_confidence(Xw: sp.csr_matrix, extra: np.ndarray, item_factors: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Rows (b × k, float32) for a model refined with listen confidences (``timbral.confidence``): per history,
+    the exact non-negative solve of the refinement's user problem, min Σ c_i (x_i − r·h_i)² + reg·|r|² over
+    every item (``c_i = 1 + extra`` on the history's listens, 1 elsewhere). Its Gram is ``base``
+    (:func:`confidence_gram`) plus the history's own listens, so each history gets its own Cholesky factor."""
+    out = np.zeros((Xw.shape[0], item_factors.shape[1]), dtype=np.float32)
     extra = np.asarray(extra, dtype=np.float64)
     for r in range(Xw.shape[0]):
         lo, hi = Xw.indptr[r], Xw.indptr[r + 1]
         if lo == hi:
             continue
-        Hs = H[Xw.indices[lo:hi]]
+        Hs = item_factors[Xw.indices[lo:hi]].astype(np.float64)  # only the history's items
         gram = base + (Hs * extra[lo:hi, None]).T @ Hs
         target = ((1.0 + extra[lo:hi]) * Xw.data[lo:hi]) @ Hs
         L = np.linalg.cholesky(gram)

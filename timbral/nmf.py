@@ -23,6 +23,7 @@ from sklearn.exceptions import ConvergenceWarning
 from timbral.artifact import load_artifact, save_artifact
 from timbral.confidence import listen_confidence, refine
 from timbral.foldin import (
+    confidence_gram,
     fold_in_confidence,
     fold_in_least_squares,
     fold_in_multiplicative,
@@ -237,7 +238,9 @@ class NMFRecommender:
         Xw = self.weighting.transform(histories_matrix(item_indices, values, self.n_items))
         if self.params.confidence != "none":
             extra = listen_confidence(Xw, self.confidence_idf, self.params.confidence_alpha)
-            return fold_in_confidence(Xw, extra, self.item_factors, self.confidence_reg)
+            if self._fold_in_system is None:
+                self._fold_in_system = confidence_gram(self.item_factors, self.confidence_reg)
+            return fold_in_confidence(Xw, extra, self.item_factors, self._fold_in_system)
         l1, l2 = self.params.user_penalties(self.n_items)
         if self.params.beta_loss != "frobenius":
             return fold_in_multiplicative(Xw, self.item_factors, l1, l2)
