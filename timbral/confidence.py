@@ -91,7 +91,7 @@ def solve_rows_with_loss(X: sp.csr_matrix, extra: np.ndarray, F: np.ndarray, reg
 def _coordinate_descent(G: np.ndarray, b: np.ndarray, x: np.ndarray, sweeps: int, tol: float) -> np.ndarray:
     """min xᵀGx − 2bᵀx over x ≥ 0, for a batch of k × k systems, coordinate by coordinate."""
     x = np.array(x, dtype=np.float32)
-    diag = np.einsum("bjj->bj", G).copy()
+    diag = np.maximum(np.einsum("bjj->bj", G), 1e-12)  # a dead component with no penalty: stays at zero
     for _ in range(sweeps):
         moved = np.zeros(x.shape[0], dtype=np.float32)
         for j in range(x.shape[1]):

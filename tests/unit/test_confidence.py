@@ -109,3 +109,10 @@ def test_the_loss_a_solve_reports_is_the_objective():
     X, extra, F = _problem(seed=5)
     rows, loss = solve_rows_with_loss(X, extra, F, 0.7, sweeps=50)
     assert loss + 0.7 * float(np.sum(F.astype(np.float64) ** 2)) == pytest.approx(weighted_loss(X, extra, rows, F, 0.7), rel=1e-5)
+
+
+def test_a_dead_component_without_a_penalty_stays_zero_and_finite():
+    X, extra, F = _problem(seed=6)
+    F[:, 2] = 0.0  # a component no item uses
+    rows = solve_rows(X, extra, F, 0.0, sweeps=200)
+    assert np.isfinite(rows).all() and not rows[:, 2].any()
