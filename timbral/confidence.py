@@ -126,8 +126,8 @@ def refine(X: sp.csr_matrix, extra: np.ndarray, W: np.ndarray, H: np.ndarray, re
            inner: int = 3, on_sweep=None) -> tuple[np.ndarray, np.ndarray, list[tuple[int, float]]]:
     """``(W, H, losses)``: ``sweeps`` alternating passes from the fitted ``W`` (users × k) and ``H`` (items × k),
     each row warm-started and given ``inner`` coordinate sweeps (3 scored as 5 did on Last.fm 2k, MovieLens
-    100k and 1M generated listens, in 20 % less time), then a closing user pass solved to convergence; ``losses`` is the objective after each pass, also handed to
-    ``on_sweep(sweep, loss)`` as it comes."""
+    100k and 1M generated listens, in 20 % less time), then a closing user pass solved to convergence.
+    ``losses`` is the objective after each pass, also handed to ``on_sweep(sweep, loss)`` as it comes."""
     X = sp.csr_matrix(X)
     extra = np.asarray(extra, dtype=np.float32)
     Xt, extra_t = item_major(X, extra)

@@ -53,10 +53,7 @@ def histories_matrix(item_indices: Sequence[Sequence[int]], values: Sequence[Seq
 def least_squares_system(item_factors: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray]:
     """``(A, L)`` with ``L`` the Cholesky factor of ``HᵀH + l2·I`` and ``A = Lᵀ``: min ‖A w − L⁻¹ t‖ over w ≥ 0
     is the regularised least-squares problem of a row whose right-hand side is ``t = x H``."""
-    H = item_factors.astype(np.float64)
-    gram = H.T @ H
-    gram[np.diag_indices_from(gram)] += l2 + 1e-9 * max(np.trace(gram), 1.0)  # a tiny ridge keeps it definite
-    L = np.linalg.cholesky(gram)
+    L = np.linalg.cholesky(regularised_gram(item_factors, l2))
     return L.T.copy(), L
 
 
@@ -97,11 +94,12 @@ def fold_in_multiplicative(Xw: sp.csr_matrix, item_factors: np.ndarray, l1: floa
     return out
 
 
-def confidence_gram(item_factors: np.ndarray, reg: float) -> np.ndarray:
-    """``HᵀH + reg·I``: the part of every history's Gram that the zeros and the penalty give (once per model)."""
+def regularised_gram(item_factors: np.ndarray, reg: float) -> np.ndarray:
+    """``HᵀH + reg·I`` in float64: the Frobenius fold-in's whole Gram, and for a refined model the part of every
+    history's Gram that the zeros and the penalty give (once per model)."""
     H = item_factors.astype(np.float64)
     base = H.T @ H
-    base[np.diag_indices_from(base)] += float(reg) + 1e-9 * max(np.trace(base), 1.0)
+    base[np.diag_indices_from(base)] += float(reg) + 1e-9 * max(np.trace(base), 1.0)  # a tiny ridge: definite
     return base
 
 
@@ -109,7 +107,7 @@ def fold_in_confidence(Xw: sp.csr_matrix, extra: np.ndarray, item_factors: np.nd
     """Rows (b × k, float32) for a model refined with listen confidences (``timbral.confidence``): per history,
     the exact non-negative solve of the refinement's user problem, min Σ c_i (x_i − r·h_i)² + reg·|r|² over
     every item (``c_i = 1 + extra`` on the history's listens, 1 elsewhere). Its Gram is ``base``
-    (:func:`confidence_gram`) plus the history's own listens, so each history gets its own Cholesky factor."""
+    (:func:`regularised_gram`) plus the history's own listens, so each history gets its own Cholesky factor."""
     out = np.zeros((Xw.shape[0], item_factors.shape[1]), dtype=np.float32)
     extra = np.asarray(extra, dtype=np.float64)
     for r in range(Xw.shape[0]):

@@ -23,12 +23,12 @@ from sklearn.exceptions import ConvergenceWarning
 from timbral.artifact import load_artifact, save_artifact
 from timbral.confidence import listen_confidence, refine
 from timbral.foldin import (
-    confidence_gram,
     fold_in_confidence,
     fold_in_least_squares,
     fold_in_multiplicative,
     histories_matrix,
     least_squares_system,
+    regularised_gram,
 )
 from timbral.interactions import IdMap, Interactions
 from timbral.params import DegenerateFit, FitReport, NMFParams
@@ -239,7 +239,7 @@ class NMFRecommender:
         if self.params.confidence != "none":
             extra = listen_confidence(Xw, self.confidence_idf, self.params.confidence_alpha)
             if self._fold_in_system is None:
-                self._fold_in_system = confidence_gram(self.item_factors, self.confidence_reg)
+                self._fold_in_system = regularised_gram(self.item_factors, self.confidence_reg)
             return fold_in_confidence(Xw, extra, self.item_factors, self._fold_in_system)
         l1, l2 = self.params.user_penalties(self.n_items)
         if self.params.beta_loss != "frobenius":

@@ -66,12 +66,13 @@ ALS_INPUTS = (
 def als_input(scheme: str, matrix):
     """The user × item matrix ALS fits for ``scheme``: one of our weightings, or ``idf`` (each listen weighted by
     its item's bm25 idf, play counts ignored)."""
+    from timbral.confidence import listen_confidence
     from timbral.weighting import Weighting
 
     if scheme != "idf":
         return Weighting(scheme).fit(matrix).transform(matrix)
     weighted = Weighting("binary").fit(matrix).transform(matrix)
-    weighted.data *= Weighting("bm25").fit(matrix).idf[weighted.indices]
+    weighted.data = listen_confidence(weighted, Weighting("bm25").fit(matrix).idf, 1.0)  # the refinement's own
     return weighted
 
 
