@@ -18,6 +18,8 @@
 #   MLFLOW_DB_UPGRADE              auto (default): run `mlflow db upgrade` first for a database backend
 #                                  (postgresql, mysql, mssql, sqlite); true: always; false: never
 #   MLFLOW_BIN                     the mlflow executable (default: `mlflow` on PATH)
+#   MLFLOW_SERVER_ENABLE_JOB_EXECUTION  MLflow's own switch for its GenAI job runner (eight huey processes
+#                                  beside the server); default false here: Timbral runs no server jobs
 #
 # The server replaces this shell (exec), so it receives SIGTERM directly from the container runtime.
 set -Eeuo pipefail
@@ -32,6 +34,7 @@ cors_allowed_origins="${MLFLOW_CORS_ALLOWED_ORIGINS:-}"
 prometheus_dir="${MLFLOW_PROMETHEUS_DIR:-}"
 db_upgrade="${MLFLOW_DB_UPGRADE:-auto}"
 mlflow_bin="${MLFLOW_BIN:-mlflow}"
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 
 log() { printf '%s start-server: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
 die() { log "error: $*"; exit 64; }

@@ -8,7 +8,6 @@ the shape a batchable serving API wants, and the loop over users stays inside nu
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -17,11 +16,10 @@ import numpy as np
 import scipy
 import scipy.sparse as sp
 import sklearn
-from sklearn.decomposition import NMF
-from sklearn.exceptions import ConvergenceWarning
 
 from timbral.artifact import load_artifact, save_artifact
 from timbral.confidence import listen_confidence, refine
+from timbral.factorise import sklearn_factors
 from timbral.foldin import (
     fold_in_confidence,
     fold_in_least_squares,
@@ -63,57 +61,16 @@ class NMFRecommender:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, data: Interactions, progress: ProgressFn | None = None, checkpoint_every: int = 10) -> NMFRecommender:
-        """Fit on ``data``, ``checkpoint_every`` iterations at a time (scikit-learn resumed from the last W, H).
-
-        After each checkpoint the reconstruction error is recorded (the convergence curve) and ``progress`` is
-        called. Fitting stops at ``max_iter``, when scikit-learn converges within a chunk, or when the error
-        improved by less than ``tol`` (relative) over the last checkpoint.
+        """Fit on ``data``: scikit-learn's NMF in checkpoints of ``checkpoint_every`` iterations
+        (``timbral.factorise``; the convergence curve and ``progress`` after each), then, unless ``confidence`` is
+        "none", the confidence-weighted refinement (``timbral.confidence``; ``progress`` after each sweep).
         """
         p = self.params
         started = time.perf_counter()
         weighting = Weighting(p.weighting).fit(data.matrix)
         X = weighting.transform(data.matrix)
-        k = min(int(p.n_components), min(X.shape))
-        chunk = max(1, int(checkpoint_every))
         report = FitReport()
-        W = H = None
-        done = 0
-        prev_err = None
-        while done < p.max_iter:
-            steps = min(chunk, p.max_iter - done)
-            model = NMF(
-                n_components=k,
-                init=p.init if W is None else "custom",
-                solver=p.solver,
-                beta_loss=p.beta_loss,
-                alpha_W=float(p.alpha_W),
-                alpha_H=p.alpha_H if p.alpha_H == "same" else float(p.alpha_H),
-                l1_ratio=float(p.l1_ratio),
-                max_iter=steps,
-                tol=float(p.tol),
-                random_state=p.random_state,
-            )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                W = model.fit_transform(X, W=W, H=H) if W is not None else model.fit_transform(X)
-            H = model.components_
-            done += int(model.n_iter_)
-            if not W.any() or not H.any():
-                raise DegenerateFit(
-                    f"regularisation drove every {'user' if not W.any() else 'item'} factor to zero "
-                    f"(alpha_W={p.alpha_W}, alpha_H={p.alpha_H}, l1_ratio={p.l1_ratio}); lower alpha_W/alpha_H"
-                )
-            err = float(model.reconstruction_err_)
-            report.convergence.append((done, err))
-            if progress is not None:
-                progress(done, int(p.max_iter), err)
-            stalled = prev_err is not None and (prev_err - err) <= float(p.tol) * max(prev_err, 1e-12)
-            if model.n_iter_ < steps or stalled:
-                report.converged = True
-                break
-            prev_err = err
-        report.n_iter = done
-        item_factors = H.T
+        W, item_factors = sklearn_factors(X, p, report, progress, checkpoint_every)
         if p.confidence != "none":
             self.confidence_idf = Weighting("bm25").fit(data.matrix).idf
             self.confidence_reg = p.confidence_penalty(X.shape[0])

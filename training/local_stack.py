@@ -179,6 +179,9 @@ def start_mlflow(
     env = {**os.environ, **LOCAL_AWS, **(extra_env or {})}
     if s3_endpoint:
         env["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint
+    # no GenAI job runner: it is eight more Python processes (huey consumers), and Timbral only tracks runs and
+    # registers models (the Kubernetes and compose setups say the same)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     # the server's own python must find uvicorn & co.: put this venv's bin first
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     log.parent.mkdir(parents=True, exist_ok=True)

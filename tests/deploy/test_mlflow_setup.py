@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.deploy._helpers import ROOT
@@ -144,7 +145,6 @@ def running_server(tmp_path: Path, backend_store_uri: str):
         "MLFLOW_PORT": str(port),
         "MLFLOW_WORKERS": "1",
         "MLFLOW_ALLOWED_HOSTS": f"127.0.0.1:{port},localhost:{port}",
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     log = tmp_path / "server.log"
     with log.open("wb") as out:
@@ -197,6 +197,9 @@ def test_start_server_with_sqlite_and_local_artifacts(tmp_path):
     with running_server(tmp_path, f"sqlite:///{db}") as (port, proc, log):
         _check_server(port)
         assert proc.poll() is None
+        # the script's default keeps MLflow's job runner (launched with the server) off
+        commands = " ".join(" ".join(c.cmdline()) for c in psutil.Process(proc.pid).children(recursive=True))
+        assert "uvicorn" in commands and "_job_runner" not in commands and "huey" not in commands, commands
     text = log.read_text()
     assert "mlflow db upgrade" in text
     with sqlite3.connect(db) as conn:

@@ -27,6 +27,8 @@ def test_stopping_the_stack_stops_its_servers(tmp_path, sig, code):
         children = psutil.Process(proc.pid).children(recursive=True)
         commands = " ".join(" ".join(c.cmdline()) for c in children)
         assert "moto.server" in commands and "mlflow" in commands, commands
+        # MLflow's job runner (launched with the server, before it answers) is switched off: eight idle processes
+        assert "_job_runner" not in commands and "huey" not in commands, commands
         proc.send_signal(sig)
         assert proc.wait(timeout=60) == code, proc.stderr.read()[-2000:]
         gone, alive = psutil.wait_procs(children, timeout=30)
