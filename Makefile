@@ -45,7 +45,7 @@ demo: setup ## end to end on embedded defaults: local S3 + MLflow, data, train, 
 test: setup ## the whole suite: lint, k8s schema validation, then every test (unit, integration, e2e incl. slow)
 	$(VENV)/bin/ruff check timbral training service tests loadtest k8s
 	$(MAKE) --no-print-directory k8s-schemas
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: setup ## the suite without the slow end-to-end tier
 	$(PY) -m pytest -q -m "not slow"
