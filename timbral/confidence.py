@@ -5,7 +5,7 @@ user has not played) outweigh the listens. Implicit-feedback ALS weighs each lis
 measured on Last.fm 2k, that weighting is what put ALS ahead of NMF. This module keeps NMF's non-negative
 factors and minimises the confidence-weighted loss
 
-    sum over all cells  c_ui (x_ui - w_u·h_i)^2  +  reg (|W|^2 + |H|^2),   W, H >= 0,
+    sum over all cells  c_ui (x_ui + s - w_u·h_i)^2  +  reg (|W|^2 + |H|^2),   W, H >= 0,
 
 with ``c_ui = 1 + alpha * idf_i`` on a listen (``x_ui`` its weighted value) and ``c_ui = 1`` on a zero, by
 alternating exact non-negative solves: every user row against the fixed item factors, then every item row
@@ -14,6 +14,15 @@ that row's listens), solved by projected coordinate descent; rows are batched by
 the Grams come from one batched matrix product. The zeros never appear one by one: their part of each Gram is
 the whole other side's ``FᵀF``. A fit starts from scikit-learn's factors and ends with a user half-step, so a
 training user's row is exactly what fold-in computes for the same history.
+
+The shift ``s`` (``confidence_shift``, 0 by default) raises every cell's target by the same amount, so a zero
+is fitted at ``s`` rather than at the floor the factors cannot go below: non-negative factors can then say "less
+than usual" as well as "more". A constant leaves each user's ranking of items as it was. Measured on Last.fm 2k
+it recovers part of what the non-negativity costs against unconstrained ALS (nDCG@10 0.2368 → 0.2412 at ten
+sweeps, 0.2453 at twenty). It is not the default: the level it adds to every item's factors blurs the cosine
+of similar items (on the tests' block matrix, items of other blocks rose from below 0.1 to about 0.33, though
+the item's own block still came first), generated listens lose a little (0.2780 → 0.2772), and its gain on
+Last.fm needs twice the sweeps. Scores then estimate ``x_ui + s``.
 """
 
 from __future__ import annotations
@@ -39,16 +48,16 @@ def listen_confidence(X: sp.csr_matrix, idf: np.ndarray, alpha: float) -> np.nda
 
 
 def solve_rows(X: sp.csr_matrix, extra: np.ndarray, F: np.ndarray, reg: float, start: np.ndarray | None = None,
-               sweeps: int = 5, tol: float = 0.0, budget: int = 4_194_304) -> np.ndarray:
-    return solve_rows_with_loss(X, extra, F, reg, start, sweeps, tol, budget)[0]
+               sweeps: int = 5, tol: float = 0.0, budget: int = 4_194_304, shift: float = 0.0) -> np.ndarray:
+    return solve_rows_with_loss(X, extra, F, reg, start, sweeps, tol, budget, shift)[0]
 
 
 def solve_rows_with_loss(X: sp.csr_matrix, extra: np.ndarray, F: np.ndarray, reg: float,
                          start: np.ndarray | None = None, sweeps: int = 5, tol: float = 0.0,
-                         budget: int = 4_194_304) -> tuple[np.ndarray, float]:
-    """Non-negative rows R (n × k) minimising, row by row, ``Σ_i c_i (x_i − r·f_i)² + reg·|r|²`` over all
-    columns i, with ``c_i = 1 + extra`` on the stored entries of ``X`` (``extra`` in ``X.data`` order) and
-    ``c_i = 1`` elsewhere. ``F`` (m × k) is held fixed. ``sweeps`` passes of coordinate descent per row,
+                         budget: int = 4_194_304, shift: float = 0.0) -> tuple[np.ndarray, float]:
+    """Non-negative rows R (n × k) minimising, row by row, ``Σ_i c_i (x_i + shift − r·f_i)² + reg·|r|²`` over
+    all columns i, with ``c_i = 1 + extra`` on the stored entries of ``X`` (``extra`` in ``X.data`` order) and
+    ``c_i = 1`` elsewhere (where ``x_i`` is 0). ``F`` (m × k) is held fixed. ``sweeps`` passes of coordinate descent per row,
     from ``start`` (zeros if None); with ``tol > 0`` a batch stops once no coordinate moved more than ``tol``
     times the row's largest entry. Also returns the rows' summed objective (without ``reg·|F|²``), which the
     Grams at hand give for the cost of one more coordinate pass."""
@@ -57,15 +66,20 @@ def solve_rows_with_loss(X: sp.csr_matrix, extra: np.ndarray, F: np.ndarray, reg
     F = np.ascontiguousarray(F, dtype=np.float32)
     gram = F.T @ F + np.float32(reg) * np.eye(k, dtype=np.float32)
     extra = np.asarray(extra, dtype=np.float32)
-    weighted = sp.csr_matrix(((1.0 + extra) * X.data.astype(np.float32), X.indices, X.indptr), shape=X.shape)
-    rhs = np.asarray(weighted @ F, dtype=np.float32)
+    shift = np.float32(shift)
+    # Σ_i c_i (x_i + shift) f_i: the zeros' share is shift·ΣF; each listen adds what its weight and value add
+    weighted = sp.csr_matrix(((1.0 + extra) * X.data.astype(np.float32) + extra * shift, X.indices, X.indptr),
+                             shape=X.shape)
+    rhs = np.asarray(weighted @ F, dtype=np.float32) + shift * F.sum(axis=0, dtype=np.float32)[None, :]
     out = np.zeros((n, k), dtype=np.float32) if start is None else np.array(start, dtype=np.float32)
     root = np.sqrt(extra)
     lengths = np.diff(X.indptr)
     order = np.argsort(lengths, kind="stable")
     sorted_lengths = lengths[order]
     x_data = X.data.astype(np.float64)
-    loss = float(np.sum((1.0 + extra) * x_data * x_data))  # Σ c·x² over the stored entries
+    s2 = float(shift) ** 2
+    # Σ c·(x + shift)² over every cell of the rows: the stored entries, and shift² for each of the others
+    loss = float(np.sum((1.0 + extra) * (x_data + float(shift)) ** 2)) + s2 * (n * X.shape[1] - X.nnz)
     lo = 0
     while lo < n:  # batches of rows with up to twice the listens of the batch's shortest row
         width = max(int(sorted_lengths[lo]), 1)
@@ -104,15 +118,18 @@ def _coordinate_descent(G: np.ndarray, b: np.ndarray, x: np.ndarray, sweeps: int
     return x
 
 
-def weighted_loss(X: sp.csr_matrix, extra: np.ndarray, W: np.ndarray, H: np.ndarray, reg: float) -> float:
+def weighted_loss(X: sp.csr_matrix, extra: np.ndarray, W: np.ndarray, H: np.ndarray, reg: float,
+                  shift: float = 0.0) -> float:
     """The refinement's objective (see the module docstring) for user factors W (n × k), item factors H (m × k)."""
     X = sp.csr_matrix(X)
     W64, H64 = W.astype(np.float64), H.astype(np.float64)
     rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
     pred = np.einsum("ij,ij->i", W64[rows], H64[X.indices])
-    x = X.data.astype(np.float64)
-    every_cell = float(np.sum((W64.T @ W64) * (H64.T @ H64)))  # Σ over all cells of pred², zeros included
-    listens = float(np.sum((1.0 + extra) * (x - pred) ** 2 - pred**2))
+    x, s = X.data.astype(np.float64), float(shift)
+    # Σ over all cells of (s − pred)², zeros included: n·m·s² − 2s·Σpred + Σpred²
+    every_cell = (X.shape[0] * X.shape[1] * s * s - 2.0 * s * float(W64.sum(axis=0) @ H64.sum(axis=0))
+                  + float(np.sum((W64.T @ W64) * (H64.T @ H64))))
+    listens = float(np.sum((1.0 + extra) * (x + s - pred) ** 2 - (s - pred) ** 2))
     return every_cell + listens + float(reg) * float(np.sum(W64**2) + np.sum(H64**2))
 
 
@@ -123,7 +140,7 @@ def item_major(X: sp.csr_matrix, extra: np.ndarray) -> tuple[sp.csr_matrix, np.n
 
 
 def refine(X: sp.csr_matrix, extra: np.ndarray, W: np.ndarray, H: np.ndarray, reg: float, sweeps: int,
-           inner: int = 3, on_sweep=None) -> tuple[np.ndarray, np.ndarray, list[tuple[int, float]]]:
+           inner: int = 3, on_sweep=None, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray, list[tuple[int, float]]]:
     """``(W, H, losses)``: ``sweeps`` alternating passes from the fitted ``W`` (users × k) and ``H`` (items × k),
     each row warm-started and given ``inner`` coordinate sweeps (3 scored as 5 did on Last.fm 2k, MovieLens
     100k and 1M generated listens, in 20 % less time), then a closing user pass solved to convergence.
@@ -135,10 +152,10 @@ def refine(X: sp.csr_matrix, extra: np.ndarray, W: np.ndarray, H: np.ndarray, re
     H = np.asarray(H, dtype=np.float32)
     losses = []
     for sweep in range(1, int(sweeps) + 1):
-        W = solve_rows(X, extra, H, reg, W, inner)
-        H, loss = solve_rows_with_loss(Xt, extra_t, W, reg, H, inner)
+        W = solve_rows(X, extra, H, reg, W, inner, shift=shift)
+        H, loss = solve_rows_with_loss(Xt, extra_t, W, reg, H, inner, shift=shift)
         losses.append((sweep, loss + float(reg) * float(np.sum(W.astype(np.float64) ** 2))))
         if on_sweep is not None:
             on_sweep(*losses[-1])
-    W = solve_rows(X, extra, H, reg, W, sweeps=200, tol=1e-5)
+    W = solve_rows(X, extra, H, reg, W, sweeps=200, tol=1e-5, shift=shift)
     return W, H, losses

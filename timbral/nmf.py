@@ -77,7 +77,8 @@ class NMFRecommender:
             extra = listen_confidence(X, self.confidence_idf, p.confidence_alpha)
             on_sweep = None if progress is None else (lambda sweep, loss: progress(sweep, p.confidence_sweeps, loss, "refine"))
             W, item_factors, report.refinement = refine(X, extra, W, item_factors, self.confidence_reg,
-                                                        p.confidence_sweeps, on_sweep=on_sweep)
+                                                        p.confidence_sweeps, on_sweep=on_sweep,
+                                                        shift=p.confidence_shift)
             if not W.any() or not item_factors.any():
                 raise DegenerateFit(f"the confidence refinement drove every factor to zero (confidence_reg="
                                     f"{self.confidence_reg:g}); lower confidence_reg")
@@ -195,9 +196,12 @@ class NMFRecommender:
         Xw = self.weighting.transform(histories_matrix(item_indices, values, self.n_items))
         if self.params.confidence != "none":
             extra = listen_confidence(Xw, self.confidence_idf, self.params.confidence_alpha)
+            shift = float(self.params.confidence_shift)
             if self._fold_in_system is None:
-                self._fold_in_system = regularised_gram(self.item_factors, self.confidence_reg)
-            return fold_in_confidence(Xw, extra, self.item_factors, self._fold_in_system)
+                self._fold_in_system = (regularised_gram(self.item_factors, self.confidence_reg),
+                                        shift * self.item_factors.astype(np.float64).sum(axis=0))
+            base, offset = self._fold_in_system
+            return fold_in_confidence(Xw, extra, self.item_factors, base, shift, offset)
         l1, l2 = self.params.user_penalties(self.n_items)
         if self.params.beta_loss != "frobenius":
             return fold_in_multiplicative(Xw, self.item_factors, l1, l2)
@@ -299,8 +303,9 @@ class NMFRecommender:
     @classmethod
     def load(cls, directory) -> NMFRecommender:
         arrays, metadata = load_artifact(directory)
-        # artifacts saved before the refinement existed carry no "confidence": they are plain NMF
-        model = cls(NMFParams(**{"confidence": "none", **metadata["params"]}))
+        # artifacts saved before the refinement existed carry no "confidence": they are plain NMF; refined ones
+        # saved before the shift existed carry no "confidence_shift": they were fitted without one
+        model = cls(NMFParams(**{"confidence": "none", "confidence_shift": 0.0, **metadata["params"]}))
         model.user_factors = np.ascontiguousarray(arrays["user_factors"], dtype=np.float32)
         model.item_factors = np.ascontiguousarray(arrays["item_factors"], dtype=np.float32)
         model.users = IdMap(arrays["user_ids"], metadata["user_id_kind"])

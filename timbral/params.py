@@ -45,6 +45,7 @@ class NMFParams:
     confidence_alpha: float = 1.0  # a listen's weight is 1 + alpha * its item's idf; a zero's is 1
     confidence_reg: float | str = "auto"  # L2 on both factors; "auto" = 0.7 * sqrt(number of users)
     confidence_sweeps: int = 10
+    confidence_shift: float = 0.0  # raises every cell's target (a zero sits above the floor); see timbral.confidence
 
     def validate(self) -> NMFParams:
         problems = []
@@ -77,6 +78,9 @@ class NMFParams:
             problems.append(f"confidence_alpha must be >= 0 (got {self.confidence_alpha})")
         if self.confidence_reg != "auto" and float(self.confidence_reg) < 0:
             problems.append(f"confidence_reg must be >= 0 or 'auto' (got {self.confidence_reg!r})")
+        shift = float(self.confidence_shift)
+        if not (0.0 <= shift < float("inf")):
+            problems.append(f"confidence_shift must be a finite number >= 0 (got {self.confidence_shift!r})")
         if int(self.confidence_sweeps) < 1:
             problems.append(f"confidence_sweeps must be >= 1 (got {self.confidence_sweeps})")
         try:

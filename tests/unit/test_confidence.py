@@ -31,8 +31,8 @@ def _problem(seed: int = 0, n: int = 12, m: int = 30, k: int = 4, density: float
     return X, extra, F
 
 
-def _direct(X, extra, F, reg):
-    """Each row by scipy's NNLS on the stacked problem [√c·F; √reg·I] r ≈ [√c·x; 0]."""
+def _direct(X, extra, F, reg, shift=0.0):
+    """Each row by scipy's NNLS on the stacked problem [√c·F; √reg·I] r ≈ [√c·(x + shift); 0]."""
     n, m = X.shape
     k = F.shape[1]
     C = np.ones((n, m))
@@ -43,18 +43,21 @@ def _direct(X, extra, F, reg):
     for u in range(n):
         w = np.sqrt(C[u])
         A = np.vstack([w[:, None] * F, np.sqrt(reg) * np.eye(k)])
-        y = np.concatenate([w * dense[u], np.zeros(k)])
+        y = np.concatenate([w * (dense[u] + shift), np.zeros(k)])
         out[u] = scipy.optimize.nnls(A, y)[0]
     return out
 
 
+@pytest.mark.parametrize("shift", [0.0, 0.4])
 @pytest.mark.parametrize("reg", [0.0, 0.3, 4.0])
-def test_each_row_is_the_non_negative_least_squares_solution(reg):
+def test_each_row_is_the_non_negative_least_squares_solution(reg, shift):
     X, extra, F = _problem()
-    got = solve_rows(X, extra, F, reg, sweeps=5000, tol=1e-9)
-    want = _direct(X, extra, F, reg)
+    got = solve_rows(X, extra, F, reg, sweeps=5000, tol=1e-9, shift=shift)
+    want = _direct(X, extra, F, reg, shift)
     np.testing.assert_allclose(got, want, atol=2e-4, rtol=2e-3)
-    assert (got >= 0).all() and not got[0].any()  # the empty row gets zero
+    assert (got >= 0).all()
+    # the empty row: zero without a shift; with one, the row that fits every cell at the shift
+    assert not got[0].any() if shift == 0 else got[0].any()
 
 
 def test_rows_of_every_length_are_solved_in_their_batches():
@@ -78,12 +81,13 @@ def test_refine_lowers_the_loss_every_sweep_and_keeps_entries_in_step_with_their
     rng = np.random.default_rng(3)
     W0 = rng.uniform(0, 1, (25, 3)).astype(np.float32)
     H0 = rng.uniform(0, 1, (18, 3)).astype(np.float32)
-    start = weighted_loss(X, extra, W0, H0, 0.5)
-    W, H, losses = refine(X, extra, W0, H0, 0.5, sweeps=6)
-    values = [loss for _, loss in losses]
-    assert values[0] < start and all(b <= a * (1 + 1e-6) for a, b in zip(values, values[1:], strict=False))
-    # the closing user pass: every user row is the exact solution against the final item factors (fold-in's)
-    np.testing.assert_allclose(W, _direct(X, extra, H, 0.5), atol=1e-3, rtol=1e-2)
+    for shift in (0.0, 0.3):
+        start = weighted_loss(X, extra, W0, H0, 0.5, shift)
+        W, H, losses = refine(X, extra, W0, H0, 0.5, sweeps=6, shift=shift)
+        values = [loss for _, loss in losses]
+        assert values[0] < start and all(b <= a * (1 + 1e-6) for a, b in zip(values, values[1:], strict=False))
+        # the closing user pass: every user row is the exact solution against the final item factors (fold-in's)
+        np.testing.assert_allclose(W, _direct(X, extra, H, 0.5, shift), atol=1e-3, rtol=1e-2)
 
 
 def test_the_item_major_copy_keeps_each_entrys_value_and_confidence():
@@ -105,10 +109,23 @@ def test_auto_reg_grows_with_the_square_root_of_the_users():
     assert auto_reg(100) == pytest.approx(7.0) and auto_reg(10_000) == pytest.approx(70.0)
 
 
-def test_the_loss_a_solve_reports_is_the_objective():
+@pytest.mark.parametrize("shift", [0.0, 0.3])
+def test_the_loss_a_solve_reports_is_the_objective(shift):
     X, extra, F = _problem(seed=5)
-    rows, loss = solve_rows_with_loss(X, extra, F, 0.7, sweeps=50)
-    assert loss + 0.7 * float(np.sum(F.astype(np.float64) ** 2)) == pytest.approx(weighted_loss(X, extra, rows, F, 0.7), rel=1e-5)
+    rows, loss = solve_rows_with_loss(X, extra, F, 0.7, sweeps=50, shift=shift)
+    want = weighted_loss(X, extra, rows, F, 0.7, shift)
+    assert loss + 0.7 * float(np.sum(F.astype(np.float64) ** 2)) == pytest.approx(want, rel=1e-5)
+
+
+def test_the_oracle_loss_counts_every_cell_at_its_shifted_target():
+    X, extra, F = _problem(seed=7, n=6, m=9)
+    rng = np.random.default_rng(7)
+    W = rng.uniform(0, 1, (6, 4))
+    C = np.ones(X.shape)
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    C[rows, X.indices] = 1.0 + extra
+    dense = (C * (X.toarray() + 0.3 - W @ F.T) ** 2).sum() + 0.5 * ((W**2).sum() + (F.astype(np.float64) ** 2).sum())
+    assert weighted_loss(X, extra, W, F, 0.5, 0.3) == pytest.approx(dense, rel=1e-6)
 
 
 def test_a_dead_component_without_a_penalty_stays_zero_and_finite():

@@ -97,7 +97,9 @@ def test_recommendations_come_from_the_users_own_block(params):
         idx, scores = m.recommend([u], m.n_items, exclude_seen=False)
         assert set(idx[0, : len(block)].tolist()) == block, f"user {u}"
         assert HELD_OUT[u] in idx[0, : len(block)]
-        assert scores[0, len(block) - 1] > 10 * max(scores[0, len(block)], 1e-12)
+        # a refined model's scores estimate value + shift: a zero is fitted at the shift, not at 0
+        floor = m.params.confidence_shift if m.params.confidence != "none" else 0.0
+        assert scores[0, len(block) - 1] - floor > 10 * max(scores[0, len(block)] - floor, 1e-12)
 
 
 def test_exclude_seen_removes_exactly_the_seen_items(model):
@@ -283,6 +285,8 @@ def assert_fold_in_reproduces_training_users(
         {"weighting": "log1p", "alpha_W": 0.001, "l1_ratio": 1.0, "confidence": "none"},
         {"weighting": "raw"},
         {"confidence": "idf", "confidence_alpha": 3.0, "confidence_reg": 0.2, "weighting": "log1p"},
+        {"confidence_shift": 0.0},
+        {"confidence_shift": 1.5, "confidence_reg": 0.5},
     ],
     ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()) or "defaults",
 )
@@ -447,6 +451,9 @@ def test_recommend_popular_does_not_change_the_popularity(model):
         ({"confidence_alpha": -1.0}, "confidence_alpha must be >= 0"),
         ({"confidence_reg": -2.0}, "confidence_reg must be >= 0 or 'auto'"),
         ({"confidence_sweeps": 0}, "confidence_sweeps must be >= 1"),
+        ({"confidence_shift": -0.1}, "confidence_shift must be a finite number >= 0"),
+        ({"confidence_shift": float("inf")}, "confidence_shift must be a finite number >= 0"),
+        ({"confidence_shift": float("nan")}, "confidence_shift must be a finite number >= 0"),
     ],
 )
 def test_parameter_validation_names_the_parameter(overrides, message):
@@ -610,3 +617,16 @@ def test_an_artifact_saved_before_the_refinement_existed_loads_as_plain_nmf(tmp_
     assert loaded.params.confidence == "none" and loaded.confidence_idf is None
     items, values = histories(LOW_RANK)
     np.testing.assert_array_equal(loaded.fold_in(items[:5], values[:5]), m.fold_in(items[:5], values[:5]))
+
+
+def test_a_refined_artifact_saved_before_the_shift_existed_folds_in_without_one(tmp_path):
+    from timbral.artifact import load_artifact, save_artifact
+
+    m = fit(LOW_RANK, n_components=4, max_iter=1000, tol=1e-7, confidence_shift=0.0)
+    m.save(tmp_path / "new")
+    arrays, metadata = load_artifact(tmp_path / "new")
+    del metadata["params"]["confidence_shift"]
+    save_artifact(tmp_path / "old", arrays, metadata)
+    loaded = NMFRecommender.load(tmp_path / "old")
+    assert loaded.params.confidence == "idf" and loaded.params.confidence_shift == 0.0
+    assert_fold_in_reproduces_training_users(loaded, LOW_RANK, vector_rtol=1e-2)
