@@ -76,8 +76,42 @@ def als_input(scheme: str, matrix):
     return weighted
 
 
-def quality(data, ks=(10,)) -> list[dict]:
-    """Default NMF, popularity and implicit's ALS on one temporal per-user split of ``data`` (all test users)."""
+def nmf_variant(text: str) -> dict:
+    """``"confidence_shift=0.3,confidence_sweeps=20"`` → NMFParams overrides, each value typed as its default is
+    (where the default is a word, such as ``auto`` or ``binary``, a number still reads as a number). An unknown
+    knob, a value of the wrong type or one the model refuses is a ValueError naming the knob."""
+    from dataclasses import fields
+
+    from timbral.params import NMFParams
+
+    defaults = NMFParams()
+    known = {f.name for f in fields(NMFParams)}
+    overrides = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, raw = part.partition("=")
+        key = key.strip()
+        if not sep or key not in known:
+            raise ValueError(f"--nmf {part!r}: expected KNOB=VALUE with KNOB one of {', '.join(sorted(known))}")
+        default, raw = getattr(defaults, key), raw.strip()
+        if isinstance(default, str):  # a name (weighting, init, …), or a number where "auto"/"same" is the default
+            try:
+                overrides[key] = float(raw)
+            except ValueError:
+                overrides[key] = raw
+            continue
+        try:
+            overrides[key] = type(default)(raw)
+        except ValueError:
+            raise ValueError(f"--nmf {part!r}: {key} takes a {type(default).__name__}") from None
+    if not overrides:
+        raise ValueError(f"--nmf {text!r}: no KNOB=VALUE given")
+    NMFParams(**overrides).validate()  # the model's own checks, with the knob named
+    return overrides
+
+
+def quality(data, ks=(10,), variants=()) -> list[dict]:
+    """Default NMF, popularity and implicit's ALS on one temporal per-user split of ``data`` (all test users);
+    each of ``variants`` (NMFParams overrides) adds an NMF row after the defaults' on the same split."""
     import implicit
     import scipy.sparse as sp
 
@@ -97,6 +131,13 @@ def quality(data, ks=(10,)) -> list[dict]:
     rows.append({"model": f"NMF, defaults ({defaults.n_components} components, {defaults.weighting}, alpha_W "
                           f"{defaults.alpha_W:g}, {defaults.confidence} confidence)",
                  "ndcg_at_10": result.model["ndcg_at_10"], "fit_seconds": nmf_seconds})
+    for overrides in variants:
+        started = time.perf_counter()
+        model = NMFRecommender(NMFParams(**overrides)).fit(split.train)
+        seconds = time.perf_counter() - started
+        score = evaluate(model, split, ks, max_users=None).model["ndcg_at_10"]
+        knobs = ", ".join(f"{k} {v}" for k, v in overrides.items())
+        rows.append({"model": f"NMF, defaults but {knobs}", "ndcg_at_10": score, "fit_seconds": seconds})
     rows.append({"model": "popularity", "ndcg_at_10": result.baseline["baseline_ndcg_at_10"], "fit_seconds": 0.0})
     users = split.test_users
     relevant = split.relevant(users)
@@ -156,7 +197,15 @@ def main(argv=None) -> None:
     ap.add_argument("--data", action="append", default=[], metavar="FILE",
                     help="also a file of yours (any format `timbral train --data` reads, e.g. Last.fm's "
                          "user_artists.dat): the same quality table; repeatable")
+    ap.add_argument("--nmf", action="append", default=[], metavar="KNOB=VALUE[,KNOB=VALUE]",
+                    help="also NMF with these knobs changed from the defaults (NMFParams names, e.g. "
+                         "confidence_shift=0.3,confidence_sweeps=20), a row beside the defaults in every quality "
+                         "table; repeatable")
     args = ap.parse_args(argv)
+    try:
+        variants = [nmf_variant(text) for text in args.nmf]
+    except ValueError as exc:
+        ap.error(str(exc))
     if args.child_fit:
         print(json.dumps(child_fit(args.child_fit)))
         return
@@ -175,7 +224,7 @@ def main(argv=None) -> None:
               f"{r['iterations']} | {r['peak_rss_mb']:.0f} | {ratio} |", flush=True)
         prev, prev_size = r["fit_seconds"], size
     print(f"\n## Quality on one temporal split ({args.quality_size:,} generated interactions, all test users)\n")
-    rows = quality(_data(args.quality_size))
+    rows = quality(_data(args.quality_size), variants=variants)
     print_quality(rows)
     for name in filter(None, args.real.split(",")):
         from training.realdata import DATASETS, RealDataError
@@ -187,12 +236,12 @@ def main(argv=None) -> None:
             print(f"Not available: {exc}")
             continue
         print(f"Source: {origin}.\n{data.n_users:,} users × {data.n_items:,} items, {data.nnz:,} interactions.\n")
-        print_quality(quality(data))
+        print_quality(quality(data, variants=variants))
     for path in args.data:
         data, fmt = read_file(path)
         print(f"\n## Quality on {path} (read as `{fmt}`), the same models\n")
         print(f"{data.n_users:,} users × {data.n_items:,} items, {data.nnz:,} interactions.\n")
-        rows_file = quality(data)
+        rows_file = quality(data, variants=variants)
         print(f"Split: {rows_file[0]['split']} (20 % of each user's items held out).\n")
         print_quality(rows_file)
     print(f"\nimplicit {rows[0]['implicit_version']}; ALS at 64 factors, 15 iterations, default regularisation.")

@@ -16,13 +16,33 @@ def test_bench_train_prints_every_table_including_a_users_own_file(tmp_path, cap
             rows.append(f"{user}\t{artist}\t{int(rng.integers(1, 500))}")
     path = tmp_path / "user_artists.dat"
     path.write_text("\n".join(rows) + "\n")
-    main(["--sizes", "3000", "--quality-size", "20000", "--real", "", "--data", str(path)])
+    main(["--sizes", "3000", "--quality-size", "20000", "--real", "", "--data", str(path),
+          "--nmf", "confidence_shift=0.3,confidence_sweeps=4"])
     out = capsys.readouterr().out
     assert "| 3,000 |" in out and "## Quality on one temporal split (20,000 generated" in out
     assert f"## Quality on {path} (read as `lastfm-2k`)" in out
     assert "120 users × 120 items, 1,440 interactions." in out and "Split: random" in out
     assert out.count("| NMF, defaults (64 components, binary, alpha_W 0.001, idf confidence) |") == 2 and out.count("Targets: NMF") == 2
     assert out.count("| implicit ALS, idf of the item per listen |") == 2
+    # the --nmf variant: a row of its own beside the defaults in both quality tables
+    assert out.count("| NMF, defaults but confidence_shift 0.3, confidence_sweeps 4 |") == 2
+
+
+def test_nmf_variants_are_typed_like_the_defaults_and_refused_with_the_knob_named():
+    import pytest
+
+    from training.bench import nmf_variant
+
+    assert nmf_variant("confidence_shift=0.3, confidence_sweeps=20") == {"confidence_shift": 0.3,
+                                                                        "confidence_sweeps": 20}
+    assert nmf_variant("confidence_reg=30,weighting=bm25,alpha_H=same") == {"confidence_reg": 30.0,
+                                                                           "weighting": "bm25", "alpha_H": "same"}
+    for text, message in [("no_such_knob=1", "KNOB one of"), ("n_components", "KNOB=VALUE"),
+                          ("n_components=many", "n_components takes a int"), ("", "no KNOB=VALUE"),
+                          ("confidence_shift=-1", "confidence_shift must be a finite number >= 0"),
+                          ("weighting=tfidf", "weighting")]:
+        with pytest.raises(ValueError, match=message):
+            nmf_variant(text)
 
 
 def test_als_idf_input_weights_each_listen_by_its_items_idf_and_ignores_play_counts():
