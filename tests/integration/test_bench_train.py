@@ -57,3 +57,16 @@ def test_als_idf_input_weights_each_listen_by_its_items_idf_and_ignores_play_cou
     assert np.array_equal(got.toarray(), (counts.toarray() > 0) * idf[None, :])
     assert idf[0] < idf[1]  # the item three users played weighs less than the one only one did
     assert np.array_equal(als_input("binary", counts).toarray(), (counts.toarray() > 0).astype(np.float32))
+
+
+def test_a_variant_the_data_cannot_take_is_a_failed_row_and_the_bench_goes_on():
+    import math
+
+    from training.bench import _data, quality
+
+    rows = quality(_data(20_000), variants=[{"confidence_reg": 1e12}, {"confidence_sweeps": 2}])
+    failed, fine = rows[1], rows[2]
+    assert failed["model"].startswith("NMF, defaults but confidence_reg 1000000000000.0 (failed: ")
+    assert "lower confidence_reg" in failed["model"] and math.isnan(failed["ndcg_at_10"])
+    assert fine["model"] == "NMF, defaults but confidence_sweeps 2" and fine["ndcg_at_10"] > 0
+    assert any(r["model"].startswith("implicit ALS") for r in rows)  # the rest of the table still ran
