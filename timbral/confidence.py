@@ -58,8 +58,8 @@ def solve_rows_with_loss(X: sp.csr_matrix, extra: np.ndarray, F: np.ndarray, reg
     """Non-negative rows R (n × k) minimising, row by row, ``Σ_i c_i (x_i + shift − r·f_i)² + reg·|r|²`` over
     all columns i, with ``c_i = 1 + extra`` on the stored entries of ``X`` (``extra`` in ``X.data`` order) and
     ``c_i = 1`` elsewhere (where ``x_i`` is 0). ``F`` (m × k) is held fixed. ``sweeps`` passes of coordinate
-    descent per row, from ``start`` (zeros if None); with ``tol > 0`` a batch stops once no coordinate moved more than ``tol``
-    times the row's largest entry. Also returns the rows' summed objective (without ``reg·|F|²``), which the
+    descent per row, from ``start`` (zeros if None); with ``tol > 0`` a batch stops once no coordinate moved
+    more than ``tol`` times the row's largest entry. Also returns the rows' summed objective (without ``reg·|F|²``), which the
     Grams at hand give for the cost of one more coordinate pass."""
     X = sp.csr_matrix(X)
     n, k = X.shape[0], F.shape[1]

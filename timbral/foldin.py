@@ -103,19 +103,24 @@ def regularised_gram(item_factors: np.ndarray, reg: float) -> np.ndarray:
     return base
 
 
-def fold_in_confidence(Xw: sp.csr_matrix, extra: np.ndarray, item_factors: np.ndarray, base: np.ndarray,
-                       shift: float = 0.0, offset: np.ndarray | None = None) -> np.ndarray:
+def confidence_system(item_factors: np.ndarray, reg: float, shift: float) -> tuple[np.ndarray, np.ndarray]:
+    """What every history of a refined model shares, computed once per model: ``(base, offset)``, the zeros' and
+    the penalty's part of each Gram (:func:`regularised_gram`) and the zeros' part of each right-hand side,
+    ``shift·Σ_i h_i``."""
+    return regularised_gram(item_factors, reg), float(shift) * item_factors.astype(np.float64).sum(axis=0)
+
+
+def fold_in_confidence(Xw: sp.csr_matrix, extra: np.ndarray, item_factors: np.ndarray,
+                       system: tuple[np.ndarray, np.ndarray], shift: float) -> np.ndarray:
     """Rows (b × k, float32) for a model refined with listen confidences (``timbral.confidence``): per history,
     the exact non-negative solve of the refinement's user problem, min Σ c_i (x_i + shift − r·h_i)² + reg·|r|²
-    over every item (``c_i = 1 + extra`` on the history's listens, 1 elsewhere). Its Gram is ``base``
-    (:func:`regularised_gram`) plus the history's own listens, so each history gets its own Cholesky factor;
-    ``offset`` is ``shift·Σ_i h_i`` (the zeros' share of the right-hand side; computed when None). An empty
-    history gets a zero row, as with the other solvers."""
+    over every item (``c_i = 1 + extra`` on the history's listens, 1 elsewhere). ``system`` is
+    :func:`confidence_system`'s; each history adds its own listens to the shared Gram and gets its own Cholesky
+    factor. An empty history gets a zero row, as with the other solvers."""
+    base, offset = system
     out = np.zeros((Xw.shape[0], item_factors.shape[1]), dtype=np.float32)
     extra = np.asarray(extra, dtype=np.float64)
     shift = float(shift)
-    if offset is None:
-        offset = shift * item_factors.astype(np.float64).sum(axis=0)
     for r in range(Xw.shape[0]):
         lo, hi = Xw.indptr[r], Xw.indptr[r + 1]
         if lo == hi:

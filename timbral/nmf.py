@@ -21,12 +21,12 @@ from timbral.artifact import load_artifact, save_artifact
 from timbral.confidence import listen_confidence, refine
 from timbral.factorise import sklearn_factors
 from timbral.foldin import (
+    confidence_system,
     fold_in_confidence,
     fold_in_least_squares,
     fold_in_multiplicative,
     histories_matrix,
     least_squares_system,
-    regularised_gram,
 )
 from timbral.interactions import IdMap, Interactions
 from timbral.params import DegenerateFit, FitReport, NMFParams
@@ -196,12 +196,10 @@ class NMFRecommender:
         Xw = self.weighting.transform(histories_matrix(item_indices, values, self.n_items))
         if self.params.confidence != "none":
             extra = listen_confidence(Xw, self.confidence_idf, self.params.confidence_alpha)
-            shift = float(self.params.confidence_shift)
+            shift = self.params.confidence_shift
             if self._fold_in_system is None:
-                self._fold_in_system = (regularised_gram(self.item_factors, self.confidence_reg),
-                                        shift * self.item_factors.astype(np.float64).sum(axis=0))
-            base, offset = self._fold_in_system
-            return fold_in_confidence(Xw, extra, self.item_factors, base, shift, offset)
+                self._fold_in_system = confidence_system(self.item_factors, self.confidence_reg, shift)
+            return fold_in_confidence(Xw, extra, self.item_factors, self._fold_in_system, shift)
         l1, l2 = self.params.user_penalties(self.n_items)
         if self.params.beta_loss != "frobenius":
             return fold_in_multiplicative(Xw, self.item_factors, l1, l2)
