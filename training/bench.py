@@ -137,10 +137,11 @@ def quality(data, ks=(10,), variants=()) -> list[dict]:
         try:
             model = NMFRecommender(NMFParams(**overrides)).fit(split.train)
         except DegenerateFit as exc:  # a setting this data cannot take: say so in its row, keep the bench going
-            label, score = f"{label} (failed: {exc})", float("nan")
-        else:
+            model, label, score = None, f"{label} (failed: {exc})", float("nan")
+        seconds = time.perf_counter() - started  # the fit alone, as for the defaults' row
+        if model is not None:
             score = evaluate(model, split, ks, max_users=None).model["ndcg_at_10"]
-        rows.append({"model": label, "ndcg_at_10": score, "fit_seconds": time.perf_counter() - started})
+        rows.append({"model": label, "ndcg_at_10": score, "fit_seconds": seconds})
     rows.append({"model": "popularity", "ndcg_at_10": result.baseline["baseline_ndcg_at_10"], "fit_seconds": 0.0})
     users = split.test_users
     relevant = split.relevant(users)
