@@ -603,30 +603,31 @@ def test_the_confidence_refinement_changes_the_factors_and_plain_nmf_has_none():
     assert (refined.user_factors >= 0).all() and (refined.item_factors >= 0).all()
 
 
-def test_an_artifact_saved_before_the_refinement_existed_loads_as_plain_nmf(tmp_path):
+def _saved_without(model, tmp_path, params=(), metadata_keys=()) -> NMFRecommender:
+    """``model`` saved, then loaded from an artifact lacking these params and metadata keys (an older format)."""
     from timbral.artifact import load_artifact, save_artifact
 
-    m = fit(LOW_RANK, n_components=4, confidence="none")
-    m.save(tmp_path / "new")
+    model.save(tmp_path / "new")
     arrays, metadata = load_artifact(tmp_path / "new")
-    for key in ("confidence", "confidence_alpha", "confidence_reg", "confidence_sweeps"):
+    for key in params:
         del metadata["params"][key]
-    del metadata["confidence_reg"]
+    for key in metadata_keys:
+        del metadata[key]
     save_artifact(tmp_path / "old", arrays, metadata)
-    loaded = NMFRecommender.load(tmp_path / "old")
+    return NMFRecommender.load(tmp_path / "old")
+
+
+def test_an_artifact_saved_before_the_refinement_existed_loads_as_plain_nmf(tmp_path):
+    m = fit(LOW_RANK, n_components=4, confidence="none")
+    loaded = _saved_without(m, tmp_path, ("confidence", "confidence_alpha", "confidence_reg", "confidence_sweeps"),
+                            ("confidence_reg",))
     assert loaded.params.confidence == "none" and loaded.confidence_idf is None
     items, values = histories(LOW_RANK)
     np.testing.assert_array_equal(loaded.fold_in(items[:5], values[:5]), m.fold_in(items[:5], values[:5]))
 
 
 def test_a_refined_artifact_saved_before_the_shift_existed_folds_in_without_one(tmp_path):
-    from timbral.artifact import load_artifact, save_artifact
-
     m = fit(LOW_RANK, n_components=4, max_iter=1000, tol=1e-7, confidence_shift=0.0)
-    m.save(tmp_path / "new")
-    arrays, metadata = load_artifact(tmp_path / "new")
-    del metadata["params"]["confidence_shift"]
-    save_artifact(tmp_path / "old", arrays, metadata)
-    loaded = NMFRecommender.load(tmp_path / "old")
+    loaded = _saved_without(m, tmp_path, ("confidence_shift",))
     assert loaded.params.confidence == "idf" and loaded.params.confidence_shift == 0.0
     assert_fold_in_reproduces_training_users(loaded, LOW_RANK, vector_rtol=1e-2)
