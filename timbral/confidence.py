@@ -49,7 +49,8 @@ def listen_confidence(X: sp.csr_matrix, idf: np.ndarray, alpha: float) -> np.nda
 
 def solve_rows(X: sp.csr_matrix, extra: np.ndarray, F: np.ndarray, reg: float, start: np.ndarray | None = None,
                sweeps: int = 5, tol: float = 0.0, budget: int = 4_194_304, shift: float = 0.0) -> np.ndarray:
-    return solve_rows_with_loss(X, extra, F, reg, start, sweeps, tol, budget, shift)[0]
+    """The rows of :func:`solve_rows_with_loss`, without the cost of totalling the objective."""
+    return _solve(X, extra, F, reg, start, sweeps, tol, budget, shift, with_loss=False)[0]
 
 
 def solve_rows_with_loss(X: sp.csr_matrix, extra: np.ndarray, F: np.ndarray, reg: float,
@@ -61,6 +62,10 @@ def solve_rows_with_loss(X: sp.csr_matrix, extra: np.ndarray, F: np.ndarray, reg
     descent per row, from ``start`` (zeros if None); with ``tol > 0`` a batch stops once no coordinate moved
     more than ``tol`` times the row's largest entry. Also returns the rows' summed objective (without ``reg·|F|²``), which the
     Grams at hand give for the cost of one more coordinate pass."""
+    return _solve(X, extra, F, reg, start, sweeps, tol, budget, shift, with_loss=True)
+
+
+def _solve(X, extra, F, reg, start, sweeps, tol, budget, shift, with_loss) -> tuple[np.ndarray, float]:
     X = sp.csr_matrix(X)
     n, k = X.shape[0], F.shape[1]
     F = np.ascontiguousarray(F, dtype=np.float32)
@@ -76,10 +81,10 @@ def solve_rows_with_loss(X: sp.csr_matrix, extra: np.ndarray, F: np.ndarray, reg
     lengths = np.diff(X.indptr)
     order = np.argsort(lengths, kind="stable")
     sorted_lengths = lengths[order]
-    x_data = X.data.astype(np.float64)
-    s2 = float(shift) ** 2
-    # Σ c·(x + shift)² over every cell of the rows: the stored entries, and shift² for each of the others
-    loss = float(np.sum((1.0 + extra) * (x_data + float(shift)) ** 2)) + s2 * (n * X.shape[1] - X.nnz)
+    loss = 0.0
+    if with_loss:  # Σ c·(x + shift)² over every cell of the rows: the stored entries, and shift² for each other
+        loss = float(np.sum((1.0 + extra) * (X.data.astype(np.float64) + float(shift)) ** 2))
+        loss += float(shift) ** 2 * (n * X.shape[1] - X.nnz)
     lo = 0
     while lo < n:  # batches of rows with up to twice the listens of the batch's shortest row
         width = max(int(sorted_lengths[lo]), 1)
@@ -93,11 +98,14 @@ def solve_rows_with_loss(X: sp.csr_matrix, extra: np.ndarray, F: np.ndarray, reg
             pos = np.where(valid, X.indptr[rows][:, None] + slots[None, :], 0)
             items = np.where(valid, X.indices[pos], 0) if X.nnz else np.zeros_like(pos)
             scale = np.where(valid, root[pos], 0.0).astype(np.float32) if X.nnz else np.zeros(pos.shape, np.float32)
-            Fi = F[items] * scale[:, :, None]
+            Fi = F[items]
+            Fi *= scale[:, :, None]
             G = np.matmul(Fi.transpose(0, 2, 1), Fi) + gram
             r = _coordinate_descent(G, rhs[rows], out[rows], sweeps, tol)
             out[rows] = r
-            loss += float(np.einsum("bj,bjk,bk->", r, G, r, dtype=np.float64) - 2.0 * np.sum(r * rhs[rows], dtype=np.float64))
+            if with_loss:  # rᵀGr − 2rᵀb per row, the products in float32 (one batched matmul), the sum in float64
+                Gr = np.matmul(G, r[:, :, None])[:, :, 0]
+                loss += float(np.sum(r * (Gr - 2.0 * rhs[rows]), dtype=np.float64))
         lo = hi
     return out, loss
 
@@ -105,15 +113,21 @@ def solve_rows_with_loss(X: sp.csr_matrix, extra: np.ndarray, F: np.ndarray, reg
 def _coordinate_descent(G: np.ndarray, b: np.ndarray, x: np.ndarray, sweeps: int, tol: float) -> np.ndarray:
     """min xᵀGx − 2bᵀx over x ≥ 0, for a batch of k × k systems, coordinate by coordinate."""
     x = np.array(x, dtype=np.float32)
-    diag = np.maximum(np.einsum("bjj->bj", G), 1e-12)  # a dead component with no penalty: stays at zero
+    # a dead component with no penalty has a zero diagonal: its step is 0 and it stays where it is
+    inverse = np.ascontiguousarray(1.0 / np.maximum(np.einsum("bjj->jb", G), 1e-12))  # [coordinate, row]
+    target = np.ascontiguousarray(b.T, dtype=np.float32)
     for _ in range(sweeps):
-        moved = np.zeros(x.shape[0], dtype=np.float32)
+        moved = np.zeros(x.shape[0], dtype=np.float32) if tol > 0 else None
         for j in range(x.shape[1]):
-            grad = np.einsum("bk,bk->b", G[:, j, :], x) - b[:, j]
-            new = np.maximum(0.0, x[:, j] - grad / diag[:, j])
-            moved = np.maximum(moved, np.abs(new - x[:, j]))
+            step = np.einsum("bk,bk->b", G[:, j, :], x)
+            step -= target[j]
+            step *= inverse[j]
+            new = x[:, j] - step
+            np.maximum(new, 0.0, out=new)
+            if moved is not None:
+                np.maximum(moved, np.abs(new - x[:, j]), out=moved)
             x[:, j] = new
-        if tol > 0 and np.all(moved <= tol * np.maximum(x.max(axis=1), 1e-12)):
+        if moved is not None and np.all(moved <= tol * np.maximum(x.max(axis=1), 1e-12)):
             break
     return x
 
