@@ -96,8 +96,11 @@ class NMFRecommender:
         return self
 
     def _cache_derived(self) -> None:
-        norms = np.linalg.norm(self.item_factors, axis=1)
-        self._item_unit = (self.item_factors / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
+        space = self.item_factors
+        if self.confidence_idf is not None and self.params.confidence_shift > 0:
+            space = centred_profiles(self.user_factors, self.item_factors)
+        norms = np.linalg.norm(space, axis=1)
+        self._item_unit = (space / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
         self._fold_in_system = None  # factored once, on the first fold-in
 
     # ------------------------------------------------------------------ queries
@@ -165,7 +168,9 @@ class NMFRecommender:
         return self._select(scores, n, seen, exclude, include)
 
     def similar_items(self, item_indices, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest items by cosine similarity of item factors, the item itself excluded."""
+        """Nearest items by cosine similarity of item factors, the item itself excluded. With a
+        ``confidence_shift``, whose common level sits in every item's factors, the cosine is taken with that
+        level removed: the correlation of two items' predicted scores across users (see ``centred_profiles``)."""
         items = self._check_indices(item_indices, self.n_items, "item")
         return topk_dot(self._item_unit[items], self._item_unit, n, exclude=items[:, None])
 
@@ -324,6 +329,17 @@ class NMFRecommender:
         model.metadata = metadata
         model._cache_derived()
         return model
+
+
+def centred_profiles(user_factors: np.ndarray, item_factors: np.ndarray) -> np.ndarray:
+    """Item vectors (items × k) whose cosine is the Pearson correlation, over users, of two items' predicted
+    scores ``W·h``: with ``C`` the covariance of the user factors, ``<g_i, g_j> = h_iᵀ C h_j``. Computed in
+    k dimensions (an eigendecomposition of the k × k ``C``), never as users × items."""
+    W = np.asarray(user_factors, dtype=np.float64)
+    centred = W - W.mean(axis=0)
+    values, vectors = np.linalg.eigh(centred.T @ centred / max(W.shape[0], 1))
+    root = vectors * np.sqrt(np.clip(values, 0.0, None))  # C = root · rootᵀ
+    return np.asarray(item_factors, dtype=np.float64) @ root
 
 
 def _mask(scores: np.ndarray, lists: Sequence[Sequence[int]], value: float) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from timbral.interactions import Interactions
-from timbral.nmf import NMFRecommender
+from timbral.nmf import NMFRecommender, centred_profiles
 from timbral.params import DegenerateFit, NMFParams
 
 # (users, items) per block; different sizes so that no two blocks are interchangeable
@@ -195,6 +195,34 @@ def test_similar_items_stay_in_the_block_and_never_return_the_item(model):
         assert (np.diff(scores[i, :-1]) <= 0).all()
         outside = scores[i, len(item_block(i)) - 1 : -1]
         assert (outside < 0.1).all()  # cosine across blocks ~ 0
+
+
+def test_with_a_shift_similar_items_ignore_the_level_every_item_shares(tmp_path):
+    m = fit(confidence_shift=1.0)
+    unit = m.item_factors / np.linalg.norm(m.item_factors, axis=1)[:, None]
+    idx, scores = m.similar_items(np.arange(m.n_items), m.n_items)
+    raw_across = []
+    for i in range(m.n_items):
+        block = item_block(i)
+        inside = len(block) - 1
+        assert set(idx[i, :inside].tolist()) == block - {i}
+        assert (scores[i, :inside] > 0.9).all()
+        assert (scores[i, inside:-1] < 0.1).all()  # the other blocks' scores go the other way
+        raw_across += [float(unit[i] @ unit[j]) for j in range(m.n_items) if j not in block]
+    # the plain cosine of these factors would rate other blocks well above 0.1: the level is really there
+    assert max(raw_across) > 0.3
+    m.save(tmp_path / "m")
+    for got, want in zip(NMFRecommender.load(tmp_path / "m").similar_items(np.arange(m.n_items), 5),
+                         m.similar_items(np.arange(m.n_items), 5), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_centred_profiles_give_the_correlation_of_two_items_predicted_scores():
+    rng = np.random.default_rng(4)
+    W, H = rng.random((40, 5)), rng.random((12, 5))
+    G = centred_profiles(W, H)
+    unit = G / np.linalg.norm(G, axis=1)[:, None]
+    np.testing.assert_allclose(unit @ unit.T, np.corrcoef((W @ H.T).T), atol=1e-10)
 
 
 # ----------------------------------------------------------------------------- score
