@@ -140,7 +140,7 @@ class TimbralModel:
 
     @bentoml.api(**BATCHING)
     def similar(self, rows: np.ndarray) -> list[np.ndarray]:
-        """rows: b × 2 ints ``[item index, n]`` → per row ``n × 2`` ``[item index, cosine similarity]``."""
+        """rows: b × 2 ints ``[item index, n]`` → per row ``n × 2`` ``[item index, similarity]`` (``NMFRecommender.similar_items``)."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
         if rows.shape[0] == 0:
             return []

@@ -119,7 +119,7 @@ class Timbral:
 
     @bentoml.api(route="/similar-items", input_spec=SimilarItemsRequest)
     async def similar_items(self, **fields: Any) -> SimilarItemsResponse:
-        """Items nearest to an item (cosine of item factors). Unknown item: 404."""
+        """Items nearest to an item, by the correlation of their predicted scores across users. Unknown item: 404."""
         return await self._respond("/similar-items", fields)
 
     @bentoml.api(route="/score", input_spec=ScoreRequest)

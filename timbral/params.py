@@ -44,8 +44,8 @@ class NMFParams:
     confidence: str = "idf"
     confidence_alpha: float = 1.0  # a listen's weight is 1 + alpha * its item's idf; a zero's is 1
     confidence_reg: float | str = "auto"  # L2 on both factors; "auto" = 0.7 * sqrt(number of users)
-    confidence_sweeps: int = 10
-    confidence_shift: float = 0.0  # raises every cell's target (a zero sits above the floor); see timbral.confidence
+    confidence_sweeps: int = 20
+    confidence_shift: float = 0.3  # raises every cell's target (a zero sits above the floor); see timbral.confidence
 
     def validate(self) -> NMFParams:
         problems = []

@@ -129,7 +129,8 @@ def quality(data, ks=(10,), variants=()) -> list[dict]:
     result = evaluate(nmf, split, ks, max_users=None)
     defaults = NMFParams()
     rows.append({"model": f"NMF, defaults ({defaults.n_components} components, {defaults.weighting}, alpha_W "
-                          f"{defaults.alpha_W:g}, {defaults.confidence} confidence)",
+                          f"{defaults.alpha_W:g}, {defaults.confidence} confidence, shift {defaults.confidence_shift:g}, "
+                          f"{defaults.confidence_sweeps} sweeps)",
                  "ndcg_at_10": result.model["ndcg_at_10"], "fit_seconds": nmf_seconds})
     for overrides in variants:
         label = "NMF, defaults but " + ", ".join(f"{k} {v}" for k, v in overrides.items())

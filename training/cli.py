@@ -124,8 +124,8 @@ def model_options(f):
         click.option("--confidence-shift", default=DEFAULTS.confidence_shift, show_default=True,
                      type=click.FloatRange(min=0, max=1e6),
                      help="Raise every cell's target by this in the refinement, so a zero sits above the factors' "
-                          "floor (0.3 with 15-20 sweeps helped Last.fm 2k; see the README). Scores then estimate "
-                          "value + shift."),
+                          "floor and they can say 'less than usual' (0 turns it off; see the README). Scores then "
+                          "estimate value + shift."),
     ]
     for opt in reversed(opts):
         f = opt(f)

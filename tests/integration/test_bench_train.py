@@ -17,15 +17,15 @@ def test_bench_train_prints_every_table_including_a_users_own_file(tmp_path, cap
     path = tmp_path / "user_artists.dat"
     path.write_text("\n".join(rows) + "\n")
     main(["--sizes", "3000", "--quality-size", "20000", "--real", "", "--data", str(path),
-          "--nmf", "confidence_shift=0.3,confidence_sweeps=4"])
+          "--nmf", "confidence_shift=0,confidence_sweeps=4"])
     out = capsys.readouterr().out
     assert "| 3,000 |" in out and "## Quality on one temporal split (20,000 generated" in out
     assert f"## Quality on {path} (read as `lastfm-2k`)" in out
     assert "120 users × 120 items, 1,440 interactions." in out and "Split: random" in out
-    assert out.count("| NMF, defaults (64 components, binary, alpha_W 0.001, idf confidence) |") == 2 and out.count("Targets: NMF") == 2
+    assert out.count("| NMF, defaults (64 components, binary, alpha_W 0.001, idf confidence, shift 0.3, 20 sweeps) |") == 2 and out.count("Targets: NMF") == 2
     assert out.count("| implicit ALS, idf of the item per listen |") == 2
     # the --nmf variant: a row of its own beside the defaults in both quality tables
-    assert out.count("| NMF, defaults but confidence_shift 0.3, confidence_sweeps 4 |") == 2
+    assert out.count("| NMF, defaults but confidence_shift 0.0, confidence_sweeps 4 |") == 2
 
 
 def test_nmf_variants_are_typed_like_the_defaults_and_refused_with_the_knob_named():

@@ -14,11 +14,12 @@ def _parsed(*args: str):
 
 
 def test_the_refinement_options_reach_the_params():
-    p = _parsed("--confidence-shift", "0.3", "--confidence-sweeps", "20", "--confidence-reg", "12.5",
+    p = _parsed("--confidence-shift", "0.7", "--confidence-sweeps", "25", "--confidence-reg", "12.5",
                 "--confidence-alpha", "2")
-    assert (p.confidence_shift, p.confidence_sweeps, p.confidence_reg, p.confidence_alpha) == (0.3, 20, 12.5, 2.0)
+    assert (p.confidence_shift, p.confidence_sweeps, p.confidence_reg, p.confidence_alpha) == (0.7, 25, 12.5, 2.0)
+    assert _parsed("--confidence-shift", "0").confidence_shift == 0.0  # 0 turns the shift off
     defaults = _parsed()
-    assert defaults.confidence_shift == 0.0 and defaults.confidence_reg == "auto"
+    assert (defaults.confidence_shift, defaults.confidence_sweeps, defaults.confidence_reg) == (0.3, 20, "auto")
 
 
 def test_a_negative_shift_is_refused_naming_the_option():
@@ -30,4 +31,4 @@ def test_the_help_lists_the_shift_with_its_default():
     result = CliRunner().invoke(main, ["train", "--help"])
     assert result.exit_code == 0
     block = result.output.split("--confidence-shift", 1)[1].split("\n  -", 1)[0]  # up to the next option
-    assert "value + shift" in " ".join(block.split()) and "[default: 0.0;" in block
+    assert "value + shift" in " ".join(block.split()) and "[default: 0.3;" in block
