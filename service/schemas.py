@@ -117,8 +117,8 @@ class HistoryRequest(_Request):
 
 
 class SimilarItemsRequest(_Request):
-    """Nearest items: the correlation, across users, of two items' predicted scores (for a model trained with
-    ``confidence_shift`` 0, the cosine of the item factors); scores from -1 to 1, best first."""
+    """Nearest items: the correlation, across users, of two items' predicted scores (for a model fitted without
+    a shift, the cosine of the item factors); scores from -1 to 1, best first."""
 
     item_id: Id
     k: K = 10

@@ -19,8 +19,8 @@ The shift ``s`` (``confidence_shift``, 0.3 by default, 0 turns it off) raises ev
 amount, so a zero is fitted at ``s`` rather than at the floor the factors cannot go below: non-negative factors
 can then say "less than usual" as well as "more". A constant leaves each user's ranking of items as it was.
 Measured on Last.fm 2k it recovers part of what the non-negativity costs against unconstrained ALS (nDCG@10
-0.2368 → 0.2412 at ten sweeps, 0.2453 at twenty, the default); MovieLens 100k gains a little (0.1965 → 0.1973)
-and generated listens lose a little (0.2780 → 0.2771). The level it puts in every item's factors would blur the
+0.2368 → 0.2412 at ten sweeps, 0.2453 at twenty, the default); on MovieLens 100k (0.1989 → 0.1991) and
+generated listens (0.2780 → 0.2771) it is about neutral. The level it puts in every item's factors would blur the
 plain cosine of similar items, so a shifted model ranks similar items by the correlation of their predicted
 scores instead (``timbral.nmf.centred_profiles``). Scores estimate ``x_ui + s``.
 """
