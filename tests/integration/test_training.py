@@ -16,6 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from timbral.nmf import NMFRecommender
+from timbral.params import NMFParams
 from training.generate import write_listens
 from training.local_stack import LocalStack
 
@@ -77,7 +78,9 @@ def test_run_logs_params_metrics_dataset_plots_and_model(trained, client):
     assert len(history) >= 2
     # the default refinement: one loss per sweep, never rising, and the penalty "auto" resolved to
     refinement = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "confidence_loss"))
-    assert [step for step, _ in refinement] == list(range(1, 11))
+    sweeps = int(params["nmf_confidence_sweeps"])
+    assert sweeps == NMFParams().confidence_sweeps and params["nmf_confidence_shift"] == str(NMFParams().confidence_shift)
+    assert [step for step, _ in refinement] == list(range(1, sweeps + 1))
     assert all(b <= a * (1 + 1e-6) for (_, a), (_, b) in zip(refinement, refinement[1:], strict=False))
     assert params["nmf_confidence"] == "idf" and params["nmf_confidence_reg"] == "auto"
     assert float(params["confidence_reg_resolved"]) == pytest.approx(0.7 * float(params["n_users"]) ** 0.5, rel=1e-6)
