@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import tempfile
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 import timbral
@@ -59,8 +61,24 @@ def log_dataset(frame: pd.DataFrame, source: str, name: str) -> str:
             dataset = mlflow.data.from_pandas(frame, source=source, name=name)
         except Exception:  # noqa: BLE001 - an unrecognised source URI must not fail the run
             dataset = mlflow.data.from_pandas(frame, name=name)
-    mlflow.log_input(dataset, context="training")
+    for attempt in range(1, 4):
+        try:
+            mlflow.log_input(dataset, context="training")
+            break
+        except MlflowException as exc:
+            if attempt == 3 or not lost_dataset_insert_race(exc):
+                raise
+            time.sleep(0.1 * attempt)  # the other run's dataset row is committed: the retry links to it
     return dataset.digest
+
+
+def lost_dataset_insert_race(exc: Exception) -> bool:
+    """The tracking server looks a dataset up and inserts it if missing, without a lock: two runs logging the
+    same data (same experiment, name and digest) at the same moment can both miss it, and the second insert
+    breaks the unique key. The dataset then exists, so logging it again succeeds."""
+    text = str(exc)
+    return "datasets" in text and any(s in text for s in ("UNIQUE constraint failed", "duplicate key value",
+                                                          "IntegrityError", "Duplicate entry"))
 
 
 def log_plots(model_metrics: dict, baseline: dict, ks, popularity: np.ndarray, history, refinement=()) -> None:
