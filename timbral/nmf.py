@@ -97,13 +97,19 @@ class NMFRecommender:
 
     def _cache_derived(self) -> None:
         space = self.item_factors
-        if self.confidence_idf is not None and self.params.confidence_shift > 0:
+        if self.fitted_shift > 0:
             space = centred_profiles(self.user_factors, self.item_factors)
         norms = np.linalg.norm(space, axis=1)
         self._item_unit = (space / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
         self._fold_in_system = None  # factored once, on the first fold-in
 
     # ------------------------------------------------------------------ queries
+    @property
+    def fitted_shift(self) -> float:
+        """The shift the factors were fitted with: ``confidence_shift`` for a refined model, 0 for plain NMF
+        (whose params may still carry the default shift, unused)."""
+        return float(self.params.confidence_shift) if self.params.confidence != "none" else 0.0
+
     @property
     def n_users(self) -> int:
         return len(self.users)
@@ -201,10 +207,9 @@ class NMFRecommender:
         Xw = self.weighting.transform(histories_matrix(item_indices, values, self.n_items))
         if self.params.confidence != "none":
             extra = listen_confidence(Xw, self.confidence_idf, self.params.confidence_alpha)
-            shift = self.params.confidence_shift
             if self._fold_in_system is None:
-                self._fold_in_system = confidence_system(self.item_factors, self.confidence_reg, shift)
-            return fold_in_confidence(Xw, extra, self.item_factors, self._fold_in_system, shift)
+                self._fold_in_system = confidence_system(self.item_factors, self.confidence_reg, self.fitted_shift)
+            return fold_in_confidence(Xw, extra, self.item_factors, self._fold_in_system, self.fitted_shift)
         l1, l2 = self.params.user_penalties(self.n_items)
         if self.params.beta_loss != "frobenius":
             return fold_in_multiplicative(Xw, self.item_factors, l1, l2)

@@ -99,7 +99,7 @@ def test_recommendations_come_from_the_users_own_block(params):
         assert set(idx[0, : len(block)].tolist()) == block, f"user {u}"
         assert HELD_OUT[u] in idx[0, : len(block)]
         # a refined model's scores estimate value + shift: a zero is fitted at the shift, not at 0
-        floor = m.params.confidence_shift if m.params.confidence != "none" else 0.0
+        floor = m.fitted_shift
         if floor == 0:
             assert scores[0, len(block) - 1] > 10 * max(scores[0, len(block)], 1e-12)
         else:  # fitting the shift off the blocks takes a dimension of its own; at rank 3 it leaks into them
